@@ -1,0 +1,292 @@
+// Command cova-agent is Cova's in-guest agent: PID 1 of a confidential VM
+// that serves the Kata agent API over ttrpc. Run as an ordinary process it
+// serves the same API in "host mode" for development (it then never changes
+// the machine: no mounts over system paths, no clock, network or power).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/runc/libcontainer"
+	_ "github.com/opencontainers/runc/libcontainer/nsenter" // C constructor for "init"
+	"golang.org/x/sys/unix"
+
+	"github.com/cova-project/cova/agent"
+	"github.com/cova-project/cova/agent/config"
+	"github.com/cova-project/cova/agent/container"
+	"github.com/cova-project/cova/agent/copyfile"
+	"github.com/cova-project/cova/agent/network"
+	"github.com/cova-project/cova/agent/reaper"
+	"github.com/cova-project/cova/agent/sysinit"
+	"github.com/cova-project/cova/agent/transport"
+	"github.com/cova-project/cova/mount"
+)
+
+// The libcontainer re-exec seam: "cova-agent init" is a container's init
+// (runc init). It must run before anything else.
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == "init" {
+		libcontainer.Init()
+		os.Exit(1) // Init does not return on success
+	}
+}
+
+func main() {
+	start := time.Now()
+	if err := run(start); err != nil {
+		fmt.Fprintf(os.Stderr, "cova-agent: %v\n", err)
+		if sysinit.IsPID1() {
+			// PID 1 must not exit (the kernel would panic): power off instead.
+			_ = sysinit.PowerOff(slog.Default())
+			select {}
+		}
+		os.Exit(1)
+	}
+}
+
+type flags struct {
+	listen, configFile, root, logLevel string
+	version                            bool
+}
+
+func parseFlags(args []string) (flags, error) {
+	var f flags
+	fs := flag.NewFlagSet("cova-agent", flag.ContinueOnError)
+	fs.StringVar(&f.listen, "listen", "", "address to serve on: vsock://CID:PORT or unix:///path (overrides agent.server_addr)")
+	fs.StringVar(&f.configFile, "config", "", "agent TOML config file (used instead of the kernel command line)")
+	fs.StringVar(&f.configFile, "c", "", "shorthand for --config")
+	fs.StringVar(&f.root, "root", "", "state root (host mode default /run/cova; VM: /run)")
+	fs.StringVar(&f.logLevel, "log-level", "", "log level (trace, debug, info, warn, error)")
+	fs.BoolVar(&f.version, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return f, err
+	}
+	if fs.NArg() > 0 {
+		return f, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	return f, nil
+}
+
+func run(start time.Time) error {
+	f, err := parseFlags(os.Args[1:])
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if f.version {
+		fmt.Printf("cova-agent %s (Kata agent API %s, %s)\n", agent.Version, agent.APIVersion, runtime.Version())
+		return nil
+	}
+	vm := sysinit.IsPID1()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// Early logger: console, info.
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if vm {
+		if err := sysinit.MountBase(ctx, log, sysinit.Options{}); err != nil {
+			return fmt.Errorf("mount base filesystems: %w", err)
+		}
+	}
+	lo := config.LoadOptions{ConfigFileFlag: f.configFile}
+	if !vm {
+		lo.CmdlinePath = os.DevNull // the host's kernel command line is not ours
+	}
+	cfg, warns, err := config.Load(ctx, lo)
+	if err != nil {
+		return err
+	}
+	if f.listen != "" {
+		cfg.ServerAddr = f.listen
+		if err := cfg.Validate(); err != nil {
+			return fmt.Errorf("--listen: %w", err)
+		}
+	}
+	level := cfg.LogLevel
+	if f.logLevel != "" {
+		if level, err = config.ParseLogLevel(f.logLevel); err != nil {
+			return fmt.Errorf("--log-level: %w", err)
+		}
+	}
+	log = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("component", "cova-agent")
+	slog.SetDefault(log)
+	for _, w := range warns {
+		log.Warn("config", "warning", w.String())
+	}
+
+	stateRoot, kataRoot := "/run/cova", "/run/kata-containers"
+	if !vm {
+		stateRoot = "/run/cova"
+		if f.root != "" {
+			stateRoot = f.root
+		}
+		kataRoot = filepath.Join(stateRoot, "kata-containers")
+	}
+
+	rp := reaper.New(log.With("component", "reaper"))
+	if vm {
+		if err := sysinit.MountCgroups(ctx, log, cfg.CgroupV2(), sysinit.Options{}); err != nil {
+			return fmt.Errorf("mount cgroups: %w", err)
+		}
+		if err := sysinit.LoadModules(ctx, log, "/", cfg.KernelModules); err != nil {
+			return fmt.Errorf("load kernel modules: %w", err)
+		}
+	} else if err := sysinit.SetSubreaper(); err != nil {
+		return fmt.Errorf("become child subreaper: %w", err)
+	}
+	if err := rp.Start(ctx); err != nil {
+		return err
+	}
+	a, err := buildAgent(log, cfg, vm, stateRoot, kataRoot)
+	if err != nil {
+		return err
+	}
+
+	listeners, err := listen(ctx, log, cfg)
+	if err != nil {
+		return err
+	}
+	log.Info("agent listening", "version", agent.Version, "vm", vm, "addrs", addrs(listeners),
+		"startup_ms", float64(time.Since(start).Microseconds())/1000)
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT)
+	go func() {
+		for s := range sigs {
+			if vm {
+				log.Warn("ignoring signal as PID 1", "signal", s.String())
+				continue
+			}
+			log.Info("shutting down", "signal", s.String())
+			cancel()
+			return
+		}
+	}()
+
+	var wg sync.WaitGroup
+	errs := make(chan error, len(listeners))
+	for _, l := range listeners {
+		wg.Add(1)
+		go func(l net.Listener) {
+			defer wg.Done()
+			if err := a.Serve(ctx, l); err != nil {
+				errs <- fmt.Errorf("serve %s: %w", l.Addr(), err)
+			}
+		}(l)
+	}
+	wg.Wait()
+	close(errs)
+	cctx, ccancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer ccancel()
+	if err := a.Shutdown(cctx); err != nil {
+		log.Warn("shutdown", "err", err)
+	}
+	for err := range errs {
+		return err
+	}
+	return nil
+}
+
+func buildAgent(log *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string) (*agent.Agent, error) {
+	cm, err := container.New(container.Options{
+		StateRoot:   filepath.Join(stateRoot, "containers"),
+		NoPivotRoot: vm && rootIsRAM(),
+		Logger:      log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	sm, err := mount.New(mount.Options{
+		Logger:         log.With("component", "storage"),
+		HotplugTimeout: cfg.HotplugTimeout,
+		AllowedRoots:   []string{kataRoot},
+	})
+	if err != nil {
+		return nil, err
+	}
+	sharedDir := filepath.Join(kataRoot, "shared", "containers")
+	if err := os.MkdirAll(sharedDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", sharedDir, err)
+	}
+	cp, err := copyfile.New(sharedDir, log.With("component", "copyfile"))
+	if err != nil {
+		return nil, err
+	}
+	o := agent.Options{
+		Logger:     log,
+		VM:         vm,
+		Root:       kataRoot,
+		Containers: cm,
+		Storage:    sm,
+		Copier:     cp,
+	}
+	if vm {
+		o.Network = network.New(nil, log.With("component", "network"))
+		o.RootfsPrefixes = []string{kataRoot}
+		o.PowerOff = func() {
+			time.Sleep(100 * time.Millisecond) // let the DestroySandbox answer go out
+			_ = sysinit.PowerOff(log)
+		}
+	} else {
+		o.CgroupParent = "cova" // relative: nests under the agent's own cgroup
+	}
+	return agent.New(o)
+}
+
+func listen(ctx context.Context, log *slog.Logger, cfg config.Config) ([]net.Listener, error) {
+	var ls []net.Listener
+	addrs := []string{cfg.ServerAddr}
+	if cfg.TestTransport != "" {
+		addrs = append(addrs, cfg.TestTransport)
+	}
+	var errs []error
+	for _, s := range addrs {
+		a, err := config.ParseAddr(s)
+		if err != nil {
+			return nil, err
+		}
+		l, err := transport.Listen(ctx, a)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("listen on %s: %w", s, err))
+			log.Warn("listen failed", "addr", s, "err", err)
+			continue
+		}
+		ls = append(ls, l)
+	}
+	if len(ls) == 0 {
+		return nil, errors.Join(errs...)
+	}
+	return ls, nil
+}
+
+func addrs(ls []net.Listener) string {
+	var s []string
+	for _, l := range ls {
+		s = append(s, l.Addr().String())
+	}
+	return strings.Join(s, ",")
+}
+
+// rootIsRAM reports whether / is an initramfs (rootfs/ramfs/tmpfs), where
+// pivot_root fails.
+func rootIsRAM() bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/", &st); err != nil {
+		return true
+	}
+	return st.Type == unix.RAMFS_MAGIC || st.Type == unix.TMPFS_MAGIC
+}
