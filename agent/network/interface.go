@@ -244,9 +244,14 @@ func (m *Manager) describeLink(index int) (*types.Interface, error) {
 // UpdateInterface sets.
 func toInterface(link netlink.Link, addrs []netlink.Addr) *types.Interface {
 	a := link.Attrs()
+	hw := a.HardwareAddr.String()
+	if hw == "" && (a.EncapType == "loopback" || a.EncapType == "ether") {
+		// netlink drops all-zero addresses; kata reports them.
+		hw = "00:00:00:00:00:00"
+	}
 	iface := &types.Interface{
 		Name:     a.Name,
-		HwAddr:   a.HardwareAddr.String(),
+		HwAddr:   hw,
 		Mtu:      uint64(a.MTU),
 		RawFlags: a.RawFlags & unix.IFF_NOARP,
 	}

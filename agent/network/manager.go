@@ -97,18 +97,6 @@ func (m *Manager) links() ([]netlink.Link, error) {
 	return links, nil
 }
 
-// linkByName finds a link by name; a missing link is errdefs.ErrNotFound.
-func (m *Manager) linkByName(field, name string) (netlink.Link, error) {
-	link, err := retryDump(func() (netlink.Link, error) { return m.h.LinkByName(name) })
-	if err != nil {
-		if _, ok := errors.AsType[netlink.LinkNotFoundError](err); ok {
-			return nil, fmt.Errorf("%s: link %q not found: %w", field, name, errdefs.ErrNotFound)
-		}
-		return nil, fmt.Errorf("%s: looking up link %q: %w", field, name, err)
-	}
-	return link, nil
-}
-
 // waitLinkByMAC looks for a non-loopback link with the given MAC address,
 // polling until the link timeout passes or ctx ends.
 func (m *Manager) waitLinkByMAC(ctx context.Context, mac net.HardwareAddr, device string) (netlink.Link, error) {

@@ -54,8 +54,9 @@
 //	any empty repeated or map field         nil                          None
 //	any absent sub-message                  nil pointer                  None
 //
-// Pids.Limit matters most: runc and runtime-spec ≥1.2 read &0 as "one task",
-// while older specs (a plain int64) used 0 for "no limit", so 0 must be nil.
+// Pids.Limit matters most: with runtime-spec v1.3 (a *int64) runc writes &0
+// as pids.max=1, while hosts built on older specs (a plain int64) send 0 for
+// "no limit", so 0 must be nil.
 // ErrnoRet is the other deliberate difference from kata-agent: with
 // SCMP_ACT_ERRNO a nil ErrnoRet means EPERM, &0 would make the filtered
 // syscall "succeed", so the oneof is honoured.

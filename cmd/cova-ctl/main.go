@@ -15,7 +15,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -277,14 +276,8 @@ Global flags:
 
 Commands:
 `)
-	names := make([]string, 0, len(commands))
-	width := 0
 	for _, c := range commands {
-		names = append(names, c.synopsis())
-		width = max(width, len(c.synopsis()))
-	}
-	for i, c := range commands {
-		fmt.Fprintf(&b, "  %-*s  %s\n", width, names[i], c.help)
+		fmt.Fprintf(&b, "  %s\n        %s\n", c.synopsis(), c.help)
 	}
 	b.WriteString(`
 Run 'cova-ctl help COMMAND' for the flags of one command.
@@ -296,13 +289,3 @@ wait exit with the process's exit status; command line errors exit 2.
 
 // Signals run forwards to the container.
 var interruptSignals = []os.Signal{os.Interrupt, syscall.SIGTERM}
-
-// sortedCommandNames is used by tests.
-func sortedCommandNames() []string {
-	var n []string
-	for _, c := range commands {
-		n = append(n, c.name)
-	}
-	sort.Strings(n)
-	return n
-}
