@@ -169,7 +169,7 @@ func (a *Agent) intercept(ctx context.Context, unmarshal ttrpc.Unmarshaler, info
 		if err != nil {
 			a.rpcErrs.Add(1)
 			err = toStatus(rpc, err)
-			a.log.Debug("rpc failed", "rpc", rpc, "err", err, "ms", time.Since(start).Milliseconds())
+			a.log.Info("rpc failed", "rpc", rpc, "err", err, "ms", time.Since(start).Milliseconds())
 		}
 	}()
 	gated := !ungated[name]

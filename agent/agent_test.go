@@ -234,7 +234,8 @@ func TestLifecycle(t *testing.T) {
 	}
 	_, err = e.c.StartContainer(e.ctx, &pb.StartContainerRequest{ContainerId: "nope"})
 	wantCode(t, err, codes.NotFound, "nope")
-	if got := e.readAll(t, "c1", "", true); got != "hi\ncova-test\n" {
+	// kata addresses the init process with exec_id "" or with the container id
+	if got := e.readAll(t, "c1", "c1", true); got != "hi\ncova-test\n" {
 		t.Errorf("stdout = %q", got)
 	}
 	if got := e.readAll(t, "c1", "", false); got != "oops\n" {
@@ -318,6 +319,8 @@ func TestExecStreamsAndSignals(t *testing.T) {
 	}
 	_, err := e.c.ExecProcess(e.ctx, &pb.ExecProcessRequest{ContainerId: "c", ExecId: "e1", Process: proc})
 	wantCode(t, err, codes.AlreadyExists, "")
+	_, err = e.c.ExecProcess(e.ctx, &pb.ExecProcessRequest{ContainerId: "c", ExecId: "c", Process: proc})
+	wantCode(t, err, codes.AlreadyExists, "init")
 	_, err = e.c.ExecProcess(e.ctx, &pb.ExecProcessRequest{ContainerId: "c", ExecId: "e2"})
 	wantCode(t, err, codes.InvalidArgument, "process")
 	wr, err := e.c.WriteStdin(e.ctx, &pb.WriteStreamRequest{ContainerId: "c", ExecId: "e1", Data: []byte("abc\n")})

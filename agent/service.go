@@ -3,9 +3,11 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"syscall"
 
+	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/cova-project/cova/agent/container"
@@ -28,7 +30,18 @@ func done(err error) (*emptypb.Empty, error) {
 	return empty, nil
 }
 
+// initExecID maps the init process's exec id to "": kata addresses a
+// container's init either with exec_id "" or with the exec_id its
+// CreateContainer carried, which the shim sets to the container id.
+func initExecID(cid, eid string) string {
+	if eid == cid {
+		return ""
+	}
+	return eid
+}
+
 func (s *service) proc(cid, eid string) (*container.Container, *container.Process, error) {
+	eid = initExecID(cid, eid)
 	c, err := s.a.opts.Containers.Get(cid)
 	if err != nil {
 		return nil, nil, err
@@ -61,6 +74,9 @@ func (s *service) ExecProcess(ctx context.Context, r *pb.ExecProcessRequest) (*e
 	if r.Process == nil {
 		return nil, invalid("process", "is null")
 	}
+	if r.ExecId == r.ContainerId {
+		return nil, fmt.Errorf("exec_id %q is the init process's: %w", r.ExecId, errdefs.ErrAlreadyExists)
+	}
 	c, err := s.a.opts.Containers.Get(r.ContainerId)
 	if err != nil {
 		return nil, err
@@ -81,6 +97,9 @@ func (s *service) SignalProcess(ctx context.Context, r *pb.SignalProcessRequest)
 	if err != nil {
 		return nil, err
 	}
+	if r.ExecId == r.ContainerId {
+		return done(c.Init().Signal(syscall.Signal(r.Signal)))
+	}
 	return done(c.Signal(r.ExecId, syscall.Signal(r.Signal)))
 }
 
@@ -93,8 +112,8 @@ func (s *service) WaitProcess(ctx context.Context, r *pb.WaitProcessRequest) (*p
 	if err != nil {
 		return nil, err
 	}
-	if r.ExecId != "" {
-		c.ForgetExec(r.ExecId, s.a.opts.ExecGrace)
+	if eid := initExecID(r.ContainerId, r.ExecId); eid != "" {
+		c.ForgetExec(eid, s.a.opts.ExecGrace)
 	}
 	return &pb.WaitProcessResponse{Status: int32(st)}, nil
 }

@@ -11,9 +11,10 @@ work=$(mktemp -d /tmp/cova-demo.XXXXXX)
 agent_pid=""
 cleanup() { [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
+[ -n "${COVA_DEMO_KEEP:-}" ] && trap - EXIT
 mkdir -p "$work/rootfs/bin"
 cp "$bb" "$work/rootfs/bin/busybox"
-for a in $("$bb" --list); do ln -sf busybox "$work/rootfs/bin/$a"; done
+for a in $("$bb" --list); do [ "$a" = busybox ] || ln -sf busybox "$work/rootfs/bin/$a"; done
 mkdir -p "$work/rootfs"/{proc,sys,dev,tmp,etc}
 sock="$work/agent.sock"
 t0=$(date +%s%N)
