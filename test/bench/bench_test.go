@@ -189,8 +189,10 @@ func BenchmarkExec(b *testing.B) {
 		b.Fatal(err)
 	}
 	runcRoot := b.TempDir()
-	if out, err := exec.Command(runc, "--root", runcRoot, "run", "-d", "--bundle", bundle, "rexec").CombinedOutput(); err != nil {
-		b.Fatalf("runc run -d: %v: %s", err, out)
+	// Detached: the container inherits runc's stdio, so give it /dev/null
+	// (a pipe would keep CombinedOutput waiting forever).
+	if err := exec.Command(runc, "--root", runcRoot, "run", "-d", "--bundle", bundle, "rexec").Run(); err != nil {
+		b.Fatalf("runc run -d: %v", err)
 	}
 	b.Cleanup(func() {
 		_ = exec.Command(runc, "--root", runcRoot, "delete", "-f", "rexec").Run()
