@@ -75,6 +75,11 @@ func (g panicGate) Allow(_ context.Context, method string, _ any) error {
 
 func newEnv(t *testing.T, gate agent.Gate) *env {
 	t.Helper()
+	return newEnvWith(t, func(o *agent.Options) { o.Gate = gate })
+}
+
+func newEnvWith(t *testing.T, tweak func(*agent.Options)) *env {
+	t.Helper()
 	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	logs := &syncBuffer{}
@@ -96,10 +101,12 @@ func newEnv(t *testing.T, gate agent.Gate) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := agent.New(agent.Options{
-		Logger: log, Root: kroot, Containers: cm, Storage: sm, Copier: cp, Gate: gate,
+	o := agent.Options{
+		Logger: log, Root: kroot, Containers: cm, Storage: sm, Copier: cp,
 		CgroupParent: "cova-test/" + filepath.Base(dir), ExecGrace: 100 * time.Millisecond,
-	})
+	}
+	tweak(&o)
+	a, err := agent.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,7 +442,20 @@ func TestGuestRPCs(t *testing.T) {
 	_, err = e.c.SetIPTables(e.ctx, &pb.SetIPTablesRequest{Data: []byte("*filter\nCOMMIT\n")})
 	wantCode(t, err, codes.FailedPrecondition, "host mode")
 	_, err = e.c.AddSwap(e.ctx, &pb.AddSwapRequest{})
-	wantCode(t, err, codes.Unimplemented, "AddSwap")
+	wantCode(t, err, codes.InvalidArgument, "PCIPath")
+	_, err = e.c.AddSwap(e.ctx, &pb.AddSwapRequest{PCIPath: []uint32{2, 0x40}})
+	wantCode(t, err, codes.InvalidArgument, "PCIPath[1]")
+	_, err = e.c.AddSwap(e.ctx, &pb.AddSwapRequest{PCIPath: []uint32{2, 3}})
+	wantCode(t, err, codes.FailedPrecondition, "host mode")
+	_, err = e.c.AddSwapPath(e.ctx, &pb.AddSwapPathRequest{Path: "/etc/swap"})
+	wantCode(t, err, codes.InvalidArgument, "path")
+	_, err = e.c.AddSwapPath(e.ctx, &pb.AddSwapPathRequest{Path: e.root + "/swapfile"})
+	wantCode(t, err, codes.FailedPrecondition, "host mode")
+	_, err = e.c.MemHotplugByProbe(e.ctx, &pb.MemHotplugByProbeRequest{})
+	wantCode(t, err, codes.Unimplemented, "MemHotplugByProbe")
+	if _, err := e.c.RemoveStaleVirtiofsShareMounts(e.ctx, &pb.RemoveStaleVirtiofsShareMountsRequest{}); err != nil {
+		t.Fatal(err)
+	}
 	_, err = e.c.SetPolicy(e.ctx, &pb.SetPolicyRequest{})
 	wantCode(t, err, codes.Unimplemented, "SetPolicy")
 	_, err = e.c.GetVolumeStats(e.ctx, &pb.VolumeStatsRequest{VolumeGuestPath: "/etc"})

@@ -378,11 +378,11 @@ func (s *service) GetOOMEvent(ctx context.Context, r *pb.GetOOMEventRequest) (*p
 }
 
 func (s *service) AddSwap(ctx context.Context, r *pb.AddSwapRequest) (*emptypb.Empty, error) {
-	return nil, unimplemented("AddSwap")
+	return done(s.a.addSwap(ctx, r.PCIPath))
 }
 
 func (s *service) AddSwapPath(ctx context.Context, r *pb.AddSwapPathRequest) (*emptypb.Empty, error) {
-	return nil, unimplemented("AddSwapPath")
+	return done(s.a.addSwapPath(r.Path))
 }
 
 func (s *service) GetVolumeStats(ctx context.Context, r *pb.VolumeStatsRequest) (*pb.VolumeStatsResponse, error) {
