@@ -563,3 +563,26 @@ func zombies(t *testing.T) int {
 	}
 	return n
 }
+
+func TestOOMEvent(t *testing.T) {
+	e := newEnv(t, nil)
+	e.sandbox(t, "sb")
+	spec := e.spec(t, "sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1")
+	spec.Linux.Resources = &pb.LinuxResources{Memory: &pb.LinuxMemory{Limit: 16 << 20}}
+	if _, err := e.c.CreateContainer(e.ctx, &pb.CreateContainerRequest{ContainerId: "hog", OCI: spec}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.StartContainer(e.ctx, &pb.StartContainerRequest{ContainerId: "hog"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
+	defer cancel()
+	ev, err := e.c.GetOOMEvent(ctx, &pb.GetOOMEventRequest{})
+	if err != nil || ev.ContainerId != "hog" {
+		t.Fatalf("GetOOMEvent = %v, %v", ev, err)
+	}
+	w, err := e.c.WaitProcess(e.ctx, &pb.WaitProcessRequest{ContainerId: "hog"})
+	if err != nil || w.Status != 137 {
+		t.Fatalf("OOM-killed container status = %v, %v; want 137", w, err)
+	}
+}
