@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what the VM tests (test/vm) and cova-rootfs's tests need, then
+# fetches the guest kernel. Idempotent: a second run installs nothing and
+# downloads nothing. .ci/run calls it; developers may too.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+pkgs=(qemu-system-x86 qemu-utils kmod cpio libarchive-tools e2fsprogs busybox-static file)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+bash "$(dirname "$0")/fetch-kernel.sh" >/dev/null
