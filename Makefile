@@ -17,6 +17,7 @@ build: ## build the static agent and tools into bin/
 	@mkdir -p bin
 	$(STATIC) -o bin/cova-agent ./cmd/cova-agent
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/cova-ctl ./cmd/cova-ctl
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/cova-rootfs ./cmd/cova-rootfs
 	@file bin/cova-agent | grep -q 'statically linked' || { echo "bin/cova-agent is not static"; exit 1; }
 
 test: ## run every test (root tests need root; CI=true makes skips fail)
@@ -42,10 +43,23 @@ size: ## stripped static binary size, and each direct dependency's share
 	@$(GO) tool nm -size -sort size bin/cova-agent 2>/dev/null | head -0 || true
 	@bash hack/size.sh
 
+vm-test: build ## boot the initrd in QEMU (TCG) and run containers in it
+	bash test/vm/deps.sh
+	$(GO) test -count=1 -v -run . ./test/vm/
+
+bench-boot: build ## QEMU start -> first rpc, agent startup, poweroff (TCG)
+	bash test/vm/deps.sh
+	$(GO) test -count=1 -run '^$$' -bench Boot -benchtime 5x ./test/vm/
+
+initrd: build ## bin/initrd.img: the agent as /init plus virtio-serial/blk modules
+	bash test/vm/deps.sh
+	eval "$$(bash test/vm/fetch-kernel.sh)" && bin/cova-rootfs build --agent bin/cova-agent --out bin/initrd.img \
+	  --kernel-modules "$$ROOT" --modules virtio_pci,virtio_console,virtio_blk
+
 demo: build ## run a container through the agent (host mode, needs root)
 	bash test/demo.sh
 
 clean: ## remove build outputs
 	rm -rf bin
 
-.PHONY: help build test lint protos check-protos bench size demo clean
+.PHONY: help build test lint protos check-protos bench size demo clean vm-test bench-boot initrd

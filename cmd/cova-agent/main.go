@@ -122,7 +122,8 @@ func run(start time.Time) error {
 			return fmt.Errorf("--log-level: %w", err)
 		}
 	}
-	log = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("component", "cova-agent")
+	base := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log = base.With("component", "cova-agent")
 	slog.SetDefault(log)
 	for _, w := range warns {
 		log.Warn("config", "warning", w.String())
@@ -137,7 +138,7 @@ func run(start time.Time) error {
 		kataRoot = filepath.Join(stateRoot, "kata-containers")
 	}
 
-	rp := reaper.New(log.With("component", "reaper"))
+	rp := reaper.New(base.With("component", "reaper"))
 	if vm {
 		if err := sysinit.MountCgroups(ctx, log, cfg.CgroupV2(), sysinit.Options{}); err != nil {
 			return fmt.Errorf("mount cgroups: %w", err)
@@ -151,7 +152,7 @@ func run(start time.Time) error {
 	if err := rp.Start(ctx); err != nil {
 		return err
 	}
-	a, err := buildAgent(log, cfg, vm, stateRoot, kataRoot)
+	a, err := buildAgent(base, cfg, vm, stateRoot, kataRoot)
 	if err != nil {
 		return err
 	}
@@ -201,17 +202,20 @@ func run(start time.Time) error {
 	return nil
 }
 
-func buildAgent(log *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string) (*agent.Agent, error) {
+// buildAgent wires the rooms; base carries no component attribute, each room
+// adds its own.
+func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string) (*agent.Agent, error) {
+	log := base.With("component", "agent")
 	cm, err := container.New(container.Options{
 		StateRoot:   filepath.Join(stateRoot, "containers"),
 		NoPivotRoot: vm && rootIsRAM(),
-		Logger:      log,
+		Logger:      base.With("component", "container"),
 	})
 	if err != nil {
 		return nil, err
 	}
 	sm, err := mount.New(mount.Options{
-		Logger:         log.With("component", "storage"),
+		Logger:         base.With("component", "storage"),
 		HotplugTimeout: cfg.HotplugTimeout,
 		AllowedRoots:   []string{kataRoot},
 	})
@@ -222,7 +226,7 @@ func buildAgent(log *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoo
 	if err := os.MkdirAll(sharedDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", sharedDir, err)
 	}
-	cp, err := copyfile.New(sharedDir, log.With("component", "copyfile"))
+	cp, err := copyfile.New(sharedDir, base.With("component", "copyfile"))
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +239,7 @@ func buildAgent(log *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoo
 		Copier:     cp,
 	}
 	if vm {
-		o.Network = network.New(nil, log.With("component", "network"))
+		o.Network = network.New(nil, base.With("component", "network"))
 		o.RootfsPrefixes = []string{kataRoot}
 		o.PowerOff = func() {
 			time.Sleep(100 * time.Millisecond) // let the DestroySandbox answer go out

@@ -12,6 +12,9 @@ set -euo pipefail
 cache=${COVA_VM_CACHE:-/var/cache/cova-vm}
 meta=${COVA_VM_KERNEL_META:-linux-image-cloud-amd64}
 mkdir -p "$cache"
+# One fetch at a time (test packages run in parallel).
+exec 9>"$cache/.lock"
+flock 9
 
 emit() { # $1 = release
   printf 'KVER=%s\nROOT=%s\nKERNEL=%s\n' "$1" "$cache/$1" "$cache/$1/boot/vmlinuz-$1"
