@@ -75,6 +75,9 @@ type Options struct {
 	Gate    Gate
 	// PowerOff is called after DestroySandbox in a VM.
 	PowerOff func()
+	// Ready, when set, blocks container rpcs until the system is ready for
+	// containers (cgroups mounted); its error fails them.
+	Ready func(context.Context) error
 	// ExecGrace is how long an exited exec's unread output is kept after
 	// WaitProcess (default 5 s).
 	ExecGrace time.Duration

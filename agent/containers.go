@@ -37,6 +37,9 @@ func (a *Agent) createContainer(ctx context.Context, r *pb.CreateContainerReques
 	if err != nil {
 		return err
 	}
+	if err := a.ready(ctx); err != nil {
+		return err
+	}
 	spec, err := ocispec.ToSpec(r.OCI)
 	if err != nil {
 		return err

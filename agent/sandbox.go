@@ -109,6 +109,9 @@ func (a *Agent) createSandbox(ctx context.Context, r *pb.CreateSandboxRequest) e
 	if err != nil {
 		return err
 	}
+	if err := a.ready(ctx); err != nil {
+		return err
+	}
 	for i, s := range r.Storages {
 		if s == nil {
 			return invalid(fmt.Sprintf("storages[%d]", i), "is null")
@@ -197,6 +200,17 @@ func (a *Agent) Shutdown(ctx context.Context) error {
 		a.log.Info("sandbox destroyed", "sandbox_id", sb.id)
 	}
 	return errors.Join(errs...)
+}
+
+// ready waits until the guest can run containers.
+func (a *Agent) ready(ctx context.Context) error {
+	if a.opts.Ready == nil {
+		return nil
+	}
+	if err := a.opts.Ready(ctx); err != nil {
+		return fmt.Errorf("guest not ready for containers: %w: %w", err, errdefs.ErrUnavailable)
+	}
+	return nil
 }
 
 func (a *Agent) currentSandbox() (*sandbox, error) {

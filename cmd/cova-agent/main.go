@@ -139,10 +139,10 @@ func run(start time.Time) error {
 	}
 
 	rp := reaper.New(base.With("component", "reaper"))
+	// Containers need cgroups, listening does not: mount them while the
+	// modules load and the listeners start; container rpcs wait for it.
+	cgroupsReady := make(chan error, 1)
 	if vm {
-		if err := sysinit.MountCgroups(ctx, log, cfg.CgroupV2(), sysinit.Options{}); err != nil {
-			return fmt.Errorf("mount cgroups: %w", err)
-		}
 		if err := sysinit.LoadModules(ctx, log, "/", cfg.KernelModules); err != nil {
 			return fmt.Errorf("load kernel modules: %w", err)
 		}
@@ -152,7 +152,7 @@ func run(start time.Time) error {
 	if err := rp.Start(ctx); err != nil {
 		return err
 	}
-	a, err := buildAgent(base, cfg, vm, stateRoot, kataRoot)
+	a, err := buildAgent(base, cfg, vm, stateRoot, kataRoot, onceErr(cgroupsReady))
 	if err != nil {
 		return err
 	}
@@ -163,6 +163,21 @@ func run(start time.Time) error {
 	}
 	log.Info("agent listening", "version", agent.Version, "vm", vm, "addrs", addrs(listeners),
 		"startup_ms", float64(time.Since(start).Microseconds())/1000)
+	if vm {
+		go func() {
+			t0 := time.Now()
+			err := sysinit.MountCgroups(ctx, log, cfg.CgroupV2(), sysinit.Options{})
+			if err != nil {
+				err = fmt.Errorf("mount cgroups: %w", err)
+				log.Error("cgroups unavailable: container rpcs will fail", "err", err)
+			} else {
+				log.Info("cgroups mounted", "ms", time.Since(t0).Milliseconds())
+			}
+			cgroupsReady <- err
+		}()
+	} else {
+		cgroupsReady <- nil
+	}
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT)
@@ -204,7 +219,7 @@ func run(start time.Time) error {
 
 // buildAgent wires the rooms; base carries no component attribute, each room
 // adds its own.
-func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string) (*agent.Agent, error) {
+func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string, ready func(context.Context) error) (*agent.Agent, error) {
 	log := base.With("component", "agent")
 	cm, err := container.New(container.Options{
 		StateRoot:   filepath.Join(stateRoot, "containers"),
@@ -237,6 +252,7 @@ func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRo
 		Containers: cm,
 		Storage:    sm,
 		Copier:     cp,
+		Ready:      ready,
 	}
 	if vm {
 		o.Network = network.New(nil, base.With("component", "network"))
@@ -249,6 +265,23 @@ func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRo
 		o.CgroupParent = "cova" // relative: nests under the agent's own cgroup
 	}
 	return agent.New(o)
+}
+
+// onceErr turns a channel that delivers one error into a function every
+// caller can wait on.
+func onceErr(ch <-chan error) func(context.Context) error {
+	var once sync.Once
+	done := make(chan struct{})
+	var err error
+	go once.Do(func() { err = <-ch; close(done) })
+	return func(ctx context.Context) error {
+		select {
+		case <-done:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 func listen(ctx context.Context, log *slog.Logger, cfg config.Config) ([]net.Listener, error) {
