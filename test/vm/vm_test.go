@@ -156,7 +156,13 @@ func vmDir(t testing.TB) string {
 // console tail when the test failed (or COVA_VM_CONSOLE is set).
 func boot(t testing.TB, e *env, disks ...Disk) *VM {
 	t.Helper()
-	v, err := Start(Config{Kernel: e.kernel.Image, Initrd: e.initrd, Append: e.cmdline(), Dir: vmDir(t), Disks: disks})
+	return bootWith(t, e, "", disks...)
+}
+
+// bootWith boots with extra kernel command line words.
+func bootWith(t testing.TB, e *env, extra string, disks ...Disk) *VM {
+	t.Helper()
+	v, err := Start(Config{Kernel: e.kernel.Image, Initrd: e.initrd, Append: strings.TrimSpace(e.cmdline() + " " + extra), Dir: vmDir(t), Disks: disks})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +266,7 @@ func makeBusybox(t testing.TB, bb, dir string, extra map[string]string) {
 	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, applet := range []string{"sh", "echo", "cat", "grep", "ls", "uname"} {
+	for _, applet := range []string{"sh", "echo", "cat", "grep", "ls", "uname", "ps", "date", "sleep"} {
 		if err := os.Symlink("busybox", filepath.Join(dir, "bin", applet)); err != nil {
 			t.Fatal(err)
 		}
@@ -374,6 +380,60 @@ func TestBusyboxCopyFile(t *testing.T) {
 	t.Logf("container: create..remove in %v", time.Since(start).Round(time.Millisecond))
 	if out != "hello from Linux\ncopied\n" || errOut != "oops\n" || status != 7 {
 		t.Errorf("container: stdout %q stderr %q status %d; want %q %q 7", out, errOut, status, "hello from Linux\ncopied\n", "oops\n")
+	}
+	t.Logf("poweroff: QEMU exited %v after DestroySandbox", powerOff(ctx, t, a, v).Round(time.Millisecond))
+}
+
+// TestPID1GuestRPCs boots with cgroup v2 and checks what only a guest may
+// do: the shared sandbox PID namespace (pause container), cgroup v2 stats,
+// setting the clock, onlining CPUs, and guest details as PID 1.
+func TestPID1GuestRPCs(t *testing.T) {
+	t.Parallel()
+	e := needEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), scenarioTimeout)
+	defer cancel()
+	host := t.TempDir()
+	makeBusybox(t, e.busybox, host, nil)
+	v := bootWith(t, e, "systemd.unified_cgroup_hierarchy=1")
+	a, tm := connect(ctx, t, v)
+	t.Logf("boot: %v", tm)
+
+	d, err := a.GetGuestDetails(ctx, &pb.GuestDetailsRequest{})
+	if err != nil || !d.GetAgentDetails().GetInitDaemon() {
+		t.Fatalf("GetGuestDetails: %v, %v (want init_daemon true)", d, err)
+	}
+	const sid = "sandbox-pid1"
+	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: sid, Hostname: "cova", SandboxPidns: true}); err != nil {
+		t.Fatalf("CreateSandbox: %v", err)
+	}
+	root := filepath.Join(sharedKataDir, sid, "rootfs")
+	if _, _, err := a.CopyDir(ctx, host, root); err != nil {
+		t.Fatal(err)
+	}
+	// The pause container (id == sandbox id) owns the sandbox pid namespace.
+	pause, err := ocispec.FromSpec(containerSpec(root, "sleep", "600"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: sid, ExecId: sid, OCI: pause}); err != nil {
+		t.Fatalf("CreateContainer(pause): %v", err)
+	}
+	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: sid}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := a.StatsContainer(ctx, &pb.StatsContainerRequest{ContainerId: sid})
+	if err != nil || st.GetCgroupStats().GetPidsStats().GetCurrent() == 0 {
+		t.Fatalf("StatsContainer on cgroup v2: %v, %v (want pids.current > 0)", st, err)
+	}
+	if _, err := a.SetGuestDateTime(ctx, &pb.SetGuestDateTimeRequest{Sec: 1893456000}); err != nil { // 2030-01-01
+		t.Fatalf("SetGuestDateTime: %v", err)
+	}
+	if _, err := a.OnlineCPUMem(ctx, &pb.OnlineCPUMemRequest{NbCpus: 0, CpuOnly: true}); err != nil {
+		t.Fatalf("OnlineCPUMem: %v", err)
+	}
+	out, _, status := runContainer(ctx, t, a, "worker", containerSpec(root, "sh", "-c", "date -u +%Y; ps -o comm | grep -c sleep"), nil)
+	if status != 0 || out != "2030\n1\n" {
+		t.Errorf("worker in the sandbox pid namespace: stdout %q status %d; want the 2030 clock and the pause's sleep", out, status)
 	}
 	t.Logf("poweroff: QEMU exited %v after DestroySandbox", powerOff(ctx, t, a, v).Round(time.Millisecond))
 }
