@@ -30,6 +30,7 @@ import (
 	"github.com/cova-project/cova/agent/container"
 	"github.com/cova-project/cova/agent/copyfile"
 	"github.com/cova-project/cova/agent/network"
+	"github.com/cova-project/cova/agent/policy"
 	"github.com/cova-project/cova/mount"
 	pb "github.com/cova-project/cova/protocols/grpc"
 )
@@ -44,6 +45,26 @@ const APIVersion = "0.0.1"
 // the default allows everything.
 type Gate interface {
 	Allow(ctx context.Context, method string, req any) error
+}
+
+// PolicySetter is implemented by gates that accept a new policy (SetPolicy).
+type PolicySetter interface {
+	SetPolicy(text string) error
+}
+
+// ErrDenyDrain, matched with errors.Is on a Gate's error, denies a stream
+// read without failing it: the agent answers with empty data (EOF) and
+// drains the stream so the process never blocks on a full pipe.
+var ErrDenyDrain = policy.ErrDenyDrain
+
+// drainFlag travels in the request context from the gate to the handler.
+type drainFlag struct{ set bool }
+
+type drainKey struct{}
+
+func drainRequested(ctx context.Context) bool {
+	f, _ := ctx.Value(drainKey{}).(*drainFlag)
+	return f != nil && f.set
 }
 
 // AllowAll is the Gate used when no policy is configured.
@@ -176,14 +197,21 @@ func (a *Agent) intercept(ctx context.Context, unmarshal ttrpc.Unmarshaler, info
 		}
 	}()
 	gated := !ungated[name]
+	drain := &drainFlag{}
+	ctx = context.WithValue(ctx, drainKey{}, drain)
 	resp, err = method(ctx, func(req any) error {
 		if err := unmarshal(req); err != nil {
 			return fmt.Errorf("decode request: %w: %w", err, errdefs.ErrInvalidArgument)
 		}
-		if gated {
-			return a.opts.Gate.Allow(ctx, rpc, req)
+		if !gated {
+			return nil
 		}
-		return nil
+		err := a.opts.Gate.Allow(ctx, rpc, req)
+		if err != nil && errors.Is(err, ErrDenyDrain) && (rpc == "ReadStdout" || rpc == "ReadStderr") {
+			drain.set = true
+			return nil
+		}
+		return err
 	})
 	return resp, err
 }

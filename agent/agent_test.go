@@ -56,6 +56,7 @@ func (s *syncBuffer) String() string {
 }
 
 type env struct {
+	client *ttrpc.Client
 	c      pb.AgentServiceService
 	h      pb.HealthService
 	logs   *syncBuffer
@@ -133,7 +134,7 @@ func newEnvWith(t *testing.T, tweak func(*agent.Options)) *env {
 		<-served
 	})
 	return &env{
-		c: pb.NewAgentServiceClient(client), h: pb.NewHealthClient(client), logs: logs,
+		client: client, c: pb.NewAgentServiceClient(client), h: pb.NewHealthClient(client), logs: logs,
 		rootfs: testutil.BusyboxRootfs(t), root: kroot, ctx: context.Background(),
 	}
 }

@@ -192,6 +192,14 @@ func (s *service) WriteStdin(ctx context.Context, r *pb.WriteStreamRequest) (*pb
 
 func (s *service) read(ctx context.Context, r *pb.ReadStreamRequest, stdout bool) (*pb.ReadStreamResponse, error) {
 	_, p, err := s.proc(r.ContainerId, r.ExecId)
+	if drainRequested(ctx) {
+		// Denied: the host learns nothing (not even whether the process
+		// exists), and the output is drained so the process never blocks.
+		if err == nil {
+			p.DrainStream(stdout)
+		}
+		return &pb.ReadStreamResponse{}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -394,7 +402,15 @@ func (s *service) ResizeVolume(ctx context.Context, r *pb.ResizeVolumeRequest) (
 }
 
 func (s *service) SetPolicy(ctx context.Context, r *pb.SetPolicyRequest) (*emptypb.Empty, error) {
-	return nil, unimplemented("SetPolicy")
+	ps, ok := s.a.opts.Gate.(PolicySetter)
+	if !ok {
+		return nil, unimplemented("SetPolicy without a policy engine")
+	}
+	if err := ps.SetPolicy(r.Policy); err != nil {
+		return nil, err
+	}
+	s.a.log.Info("policy replaced by SetPolicy", "bytes", len(r.Policy))
+	return empty, nil
 }
 
 // health implements pb.HealthService.

@@ -259,6 +259,15 @@ func (p *Process) DrainOutput() {
 	p.stderr.Drain()
 }
 
+// DrainStream discards one output stream (stdout or stderr).
+func (p *Process) DrainStream(stdout bool) {
+	if stdout {
+		p.stdout.Drain()
+	} else {
+		p.stderr.Drain()
+	}
+}
+
 // OutputEnded reports whether both output streams were consumed to EOF.
 func (p *Process) OutputEnded() bool { return p.stdout.Ended() && p.stderr.Ended() }
 

@@ -24,6 +24,8 @@ type outStream struct {
 
 	mu   sync.Mutex
 	rest []byte // remainder of a chunk larger than the last read asked for
+
+	drainOnce sync.Once
 }
 
 func newOutStream(f *os.File) *outStream {
@@ -107,12 +109,14 @@ func (s *outStream) take(c *[]byte, n int) []byte {
 	return b[:n:n]
 }
 
-// Drain discards everything until EOF, in the background.
+// Drain discards everything until EOF, in the background (once).
 func (s *outStream) Drain() {
-	go func() {
-		for range s.ch {
-		}
-	}()
+	s.drainOnce.Do(func() {
+		go func() {
+			for range s.ch {
+			}
+		}()
+	})
 }
 
 // Ended reports whether the stream has reached EOF and been fully consumed.

@@ -6,9 +6,12 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -28,6 +31,7 @@ import (
 	"github.com/cova-project/cova/agent/container"
 	"github.com/cova-project/cova/agent/copyfile"
 	"github.com/cova-project/cova/agent/network"
+	"github.com/cova-project/cova/agent/policy"
 	"github.com/cova-project/cova/agent/reaper"
 	"github.com/cova-project/cova/agent/sysinit"
 	"github.com/cova-project/cova/agent/transport"
@@ -57,7 +61,7 @@ func main() {
 }
 
 type flags struct {
-	listen, configFile, root, logLevel string
+	listen, configFile, root, logLevel, policy string
 	version                            bool
 }
 
@@ -69,6 +73,7 @@ func parseFlags(args []string) (flags, error) {
 	fs.StringVar(&f.configFile, "c", "", "shorthand for --config")
 	fs.StringVar(&f.root, "root", "", "state root (host mode default /run/cova; VM: /run)")
 	fs.StringVar(&f.logLevel, "log-level", "", "log level (trace, debug, info, warn, error)")
+	fs.StringVar(&f.policy, "policy", "", "agent policy (Rego) file (default: policy_file, else the built-in default)")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return f, err
@@ -105,6 +110,15 @@ func run(start time.Time) error {
 	lo := config.LoadOptions{ConfigFileFlag: f.configFile}
 	if !vm {
 		lo.CmdlinePath = os.DevNull // the host's kernel command line is not ours
+	} else {
+		// As PID 1 our environment comes from the kernel command line, which
+		// the host writes: it must not pick the policy file.
+		lo.Getenv = func(k string) string {
+			if k == config.EnvPolicyFile {
+				return ""
+			}
+			return os.Getenv(k)
+		}
 	}
 	cfg, warns, err := config.Load(ctx, lo)
 	if err != nil {
@@ -152,7 +166,11 @@ func run(start time.Time) error {
 	if err := rp.Start(ctx); err != nil {
 		return err
 	}
-	a, err := buildAgent(base, cfg, vm, stateRoot, kataRoot, onceErr(cgroupsReady))
+	gate, err := loadPolicy(base.With("component", "policy"), cfg.PolicyFile, f.policy, vm)
+	if err != nil {
+		return err
+	}
+	a, err := buildAgent(base, cfg, vm, stateRoot, kataRoot, onceErr(cgroupsReady), gate)
 	if err != nil {
 		return err
 	}
@@ -219,7 +237,7 @@ func run(start time.Time) error {
 
 // buildAgent wires the rooms; base carries no component attribute, each room
 // adds its own.
-func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string, ready func(context.Context) error) (*agent.Agent, error) {
+func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string, ready func(context.Context) error, gate agent.Gate) (*agent.Agent, error) {
 	log := base.With("component", "agent")
 	cm, err := container.New(container.Options{
 		StateRoot:   filepath.Join(stateRoot, "containers"),
@@ -253,6 +271,7 @@ func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRo
 		Storage:    sm,
 		Copier:     cp,
 		Ready:      ready,
+		Gate:       gate,
 	}
 	if vm {
 		o.Network = network.New(nil, base.With("component", "network"))
@@ -265,6 +284,38 @@ func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRo
 		o.CgroupParent = "cova" // relative: nests under the agent's own cgroup
 	}
 	return agent.New(o)
+}
+
+// loadPolicy compiles the agent policy: the --policy file, else the
+// configured policy_file when it exists, else the built-in CoCo default in a
+// VM (allow-all in host mode). A policy that exists but does not load stops
+// the agent: it fails closed.
+func loadPolicy(log *slog.Logger, configured, flagPath string, vm bool) (agent.Gate, error) {
+	path := flagPath
+	if path == "" {
+		path = configured
+	}
+	var text, source string
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		text, source = string(data), path
+	case errors.Is(err, fs.ErrNotExist) && flagPath == "":
+		if vm {
+			text, source = policy.CocoDefaultPolicy(), "builtin:coco-default"
+		} else {
+			text, source = policy.AllowAllPolicy(), "builtin:allow-all (host mode)"
+		}
+	default:
+		return nil, fmt.Errorf("read policy %s: %w", path, err)
+	}
+	eng, err := policy.New(text, policy.Options{Logger: log, Name: source})
+	if err != nil {
+		return nil, fmt.Errorf("load policy %s: %w", source, err)
+	}
+	sum := sha256.Sum256([]byte(text))
+	log.Info("policy loaded", "source", source, "sha256", hex.EncodeToString(sum[:]))
+	return eng, nil
 }
 
 // onceErr turns a channel that delivers one error into a function every

@@ -13,8 +13,11 @@ import (
 	"time"
 
 	"github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/cova-project/cova/agent/ocispec"
+	"github.com/cova-project/cova/agent/policy"
 	pb "github.com/cova-project/cova/protocols/grpc"
 	"github.com/cova-project/cova/rootfs"
 	"github.com/cova-project/cova/test/testutil"
@@ -37,8 +40,12 @@ const sharedKataDir = "/run/kata-containers/shared/containers"
 
 // env is what every boot shares: the kernel and the initrd, made once.
 type env struct {
-	kernel  Kernel
-	initrd  string
+	kernel Kernel
+	// initrd carries an allow-all /etc/kata-opa/default-policy.rego (as
+	// kata's test images do); initrdCoco has no policy file, so the agent
+	// enforces its built-in CoCo default.
+	initrd     string
+	initrdCoco string
 	modules []string // load order, for agent.kernel_modules
 	busybox string   // static busybox on the host
 }
@@ -115,22 +122,37 @@ func prepare() (*env, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	e := &env{kernel: k, initrd: filepath.Join(envDir, "initrd.img"), busybox: bb}
-	f, err := os.OpenFile(e.initrd, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
+	e := &env{kernel: k, initrd: filepath.Join(envDir, "initrd.img"), initrdCoco: filepath.Join(envDir, "initrd-coco.img"), busybox: bb}
+	allowAll := filepath.Join(envDir, "allow-all.rego")
+	if err := os.WriteFile(allowAll, []byte(policy.AllowAllPolicy()), 0o644); err != nil {
 		return nil, "", err
 	}
-	res, err := rootfs.Build(ctx, f, rootfs.Options{
-		Agent:         agentBin,
-		KernelDir:     k.Root,
-		KernelRelease: k.Release,
-		Modules:       guestModules,
-	})
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, "", fmt.Errorf("building the initrd: %w", err)
+	var res rootfs.Result
+	for _, img := range []struct {
+		path  string
+		files []rootfs.FileMapping
+	}{
+		{e.initrd, []rootfs.FileMapping{{Src: allowAll, Dst: "/etc/kata-opa/default-policy.rego"}}},
+		{e.initrdCoco, nil},
+	} {
+		f, err := os.OpenFile(img.path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			return nil, "", err
+		}
+		r, err := rootfs.Build(ctx, f, rootfs.Options{
+			Agent:         agentBin,
+			KernelDir:     k.Root,
+			KernelRelease: k.Release,
+			Modules:       guestModules,
+			Files:         img.files,
+		})
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, "", fmt.Errorf("building the initrd: %w", err)
+		}
+		res = r
 	}
 	e.modules = res.Modules
 	return e, "", nil
@@ -162,7 +184,12 @@ func boot(t testing.TB, e *env, disks ...Disk) *VM {
 // bootWith boots with extra kernel command line words.
 func bootWith(t testing.TB, e *env, extra string, disks ...Disk) *VM {
 	t.Helper()
-	v, err := Start(Config{Kernel: e.kernel.Image, Initrd: e.initrd, Append: strings.TrimSpace(e.cmdline() + " " + extra), Dir: vmDir(t), Disks: disks})
+	return bootInitrd(t, e, e.initrd, extra, disks...)
+}
+
+func bootInitrd(t testing.TB, e *env, initrd, extra string, disks ...Disk) *VM {
+	t.Helper()
+	v, err := Start(Config{Kernel: e.kernel.Image, Initrd: initrd, Append: strings.TrimSpace(e.cmdline() + " " + extra), Dir: vmDir(t), Disks: disks})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -434,6 +461,64 @@ func TestPID1GuestRPCs(t *testing.T) {
 	out, _, status := runContainer(ctx, t, a, "worker", containerSpec(root, "sh", "-c", "date -u +%Y; ps -o comm | grep -c sleep"), nil)
 	if status != 0 || out != "2030\n1\n" {
 		t.Errorf("worker in the sandbox pid namespace: stdout %q status %d; want the 2030 clock and the pause's sleep", out, status)
+	}
+	t.Logf("poweroff: QEMU exited %v after DestroySandbox", powerOff(ctx, t, a, v).Round(time.Millisecond))
+}
+
+// TestCocoDefaultPolicy boots an initrd without a policy file: the agent
+// enforces its built-in CoCo default, so the host runs the pod but gets no
+// exec, no output, no clock, and a one-line reason for each refusal.
+func TestCocoDefaultPolicy(t *testing.T) {
+	t.Parallel()
+	e := needEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), scenarioTimeout)
+	defer cancel()
+	host := t.TempDir()
+	makeBusybox(t, e.busybox, host, nil)
+	v := bootInitrd(t, e, e.initrdCoco, "")
+	a, tm := connect(ctx, t, v)
+	t.Logf("boot: %v", tm)
+	const sid = "sandbox-coco"
+	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: sid, Hostname: "cova"}); err != nil {
+		t.Fatalf("CreateSandbox: %v", err)
+	}
+	root := filepath.Join(sharedKataDir, sid, "rootfs")
+	if _, _, err := a.CopyDir(ctx, host, root); err != nil {
+		t.Fatal(err)
+	}
+	spec, err := ocispec.FromSpec(containerSpec(root, "sh", "-c", "echo secret-output; sleep 600"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: sid, ExecId: sid, OCI: spec}); err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: sid}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: sid, ExecId: "shell", Process: spec.Process})
+	if st, _ := status.FromError(err); err == nil || st.Code() != codes.PermissionDenied ||
+		!strings.Contains(st.Message(), "ExecProcessRequest is blocked by policy") || strings.Contains(st.Message(), "\n") {
+		t.Fatalf("ExecProcess under the CoCo default: %v; want one-line PERMISSION_DENIED", err)
+	} else {
+		t.Logf("exec refused: %s", st.Message())
+	}
+	r, err := a.ReadStdout(ctx, &pb.ReadStreamRequest{ContainerId: sid, ExecId: sid, Len: 1024})
+	if err != nil || len(r.GetData()) != 0 {
+		t.Fatalf("ReadStdout under the CoCo default = %q, %v; want empty data", r.GetData(), err)
+	}
+	_, err = a.SetGuestDateTime(ctx, &pb.SetGuestDateTimeRequest{Sec: 1893456000})
+	if st, _ := status.FromError(err); st.Code() != codes.PermissionDenied {
+		t.Fatalf("SetGuestDateTime under the CoCo default: %v", err)
+	}
+	if _, err := a.SignalProcess(ctx, &pb.SignalProcessRequest{ContainerId: sid, ExecId: sid, Signal: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: sid, ExecId: sid}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(v.Console(), "builtin:coco-default") {
+		t.Error("the console does not say the built-in CoCo default policy was loaded")
 	}
 	t.Logf("poweroff: QEMU exited %v after DestroySandbox", powerOff(ctx, t, a, v).Round(time.Millisecond))
 }
