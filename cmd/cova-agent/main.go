@@ -62,7 +62,7 @@ func main() {
 
 type flags struct {
 	listen, configFile, root, logLevel, policy string
-	version                            bool
+	version                                    bool
 }
 
 func parseFlags(args []string) (flags, error) {

@@ -46,8 +46,8 @@ type env struct {
 	// enforces its built-in CoCo default.
 	initrd     string
 	initrdCoco string
-	modules []string // load order, for agent.kernel_modules
-	busybox string   // static busybox on the host
+	modules    []string // load order, for agent.kernel_modules
+	busybox    string   // static busybox on the host
 }
 
 var (
