@@ -75,7 +75,10 @@ for dir in "${PROTOC_INCLUDE:-}" /usr/include /usr/local/include; do
 done
 [[ -n "$wkt" ]] || die "google/protobuf/empty.proto not found; install Debian package libprotobuf-dev or set PROTOC_INCLUDE"
 
-mapfile -t protos < <(find grpc types -name '*.proto' | sort)
+# dirs are the proto packages under protocols/, one directory each.
+dirs=(grpc types aa)
+
+mapfile -t protos < <(find "${dirs[@]}" -name '*.proto' | sort)
 [[ ${#protos[@]} -gt 0 ]] || die "no .proto files under protocols/"
 
 # generate OUTDIR: write all generated files under OUTDIR, laid out like protocols/.
@@ -98,7 +101,7 @@ generate() {
 
 # committed: list the generated files now in protocols/.
 committed() {
-	find grpc types -name '*.pb.go' | sort
+	find "${dirs[@]}" -name '*.pb.go' | sort
 }
 
 tmp="$(mktemp -d)"
@@ -107,13 +110,13 @@ generate "$tmp"
 
 if [[ $check -eq 0 ]]; then
 	while IFS= read -r f; do rm -f -- "$f"; done < <(committed)
-	(cd "$tmp" && find grpc types -name '*.pb.go' -print0 | sort -z) |
+	(cd "$tmp" && find "${dirs[@]}" -name '*.pb.go' -print0 | sort -z) |
 		while IFS= read -r -d '' f; do cp -- "$tmp/$f" "$f"; done
 	echo "protos.sh: regenerated $(committed | wc -l) files under protocols/"
 	exit 0
 fi
 
-if ! diff -u <(committed) <(cd "$tmp" && find grpc types -name '*.pb.go' | sort) >"$tmp/list.diff"; then
+if ! diff -u <(committed) <(cd "$tmp" && find "${dirs[@]}" -name '*.pb.go' | sort) >"$tmp/list.diff"; then
 	cat "$tmp/list.diff" >&2
 	die "generated file set differs from the committed one: run hack/protos.sh and commit the result"
 fi

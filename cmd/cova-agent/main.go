@@ -35,6 +35,8 @@ import (
 	"github.com/cova-project/cova/agent/reaper"
 	"github.com/cova-project/cova/agent/sysinit"
 	"github.com/cova-project/cova/agent/transport"
+	"github.com/cova-project/cova/attester/aaservice"
+	"github.com/cova-project/cova/attester/initdata"
 	"github.com/cova-project/cova/mount"
 )
 
@@ -163,10 +165,40 @@ func run(start time.Time) error {
 	} else if err := sysinit.SetSubreaper(); err != nil {
 		return fmt.Errorf("become child subreaper: %w", err)
 	}
+	// Attestation: detect the TEE, check initdata before anything listens
+	// (fail closed: any error but "no initdata device" stops the boot),
+	// then serve the Attestation Agent API in process.
+	primary, additional, err := aaservice.Detect(ctx, os.LookupEnv, base.With("component", "attester"))
+	if err != nil {
+		return fmt.Errorf("attester: %w", err)
+	}
+	aaOpts := aaservice.StartOptions{Primary: primary, Additional: additional, Logger: base.With("component", "aa")}
+	initdataPolicy := ""
+	if vm {
+		id, err := initdata.Load(ctx, initdata.Options{Attester: primary, Logger: base.With("component", "initdata")})
+		if err != nil {
+			return fmt.Errorf("initdata check failed, refusing to serve: %w", err)
+		}
+		if s, ok := id.AAConfig(); ok {
+			if aaOpts.Config, err = aaservice.ParseConfig([]byte(s)); err != nil {
+				return fmt.Errorf("initdata aa.toml: %w", err)
+			}
+		}
+		if p, ok := id.Policy(); ok {
+			initdataPolicy = p
+		}
+	} else {
+		aaOpts.Addr = "unix://" + filepath.Join(stateRoot, "attestation-agent", "attestation-agent.sock")
+		aaOpts.EventLogPath = filepath.Join(stateRoot, "attestation-agent", "eventlog")
+		aaOpts.WALPath = filepath.Join(stateRoot, "attestation-agent", ".wal_event_entry")
+	}
+	if _, err := aaservice.Start(ctx, aaOpts); err != nil {
+		return fmt.Errorf("attestation agent: %w", err)
+	}
 	if err := rp.Start(ctx); err != nil {
 		return err
 	}
-	gate, err := loadPolicy(base.With("component", "policy"), cfg.PolicyFile, f.policy, vm)
+	gate, err := loadPolicy(base.With("component", "policy"), cfg.PolicyFile, f.policy, initdataPolicy, vm)
 	if err != nil {
 		return err
 	}
@@ -286,11 +318,12 @@ func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRo
 	return agent.New(o)
 }
 
-// loadPolicy compiles the agent policy: the --policy file, else the
+// loadPolicy compiles the agent policy: initdata's policy.rego (measured),
+// else the --policy file, else the
 // configured policy_file when it exists, else the built-in CoCo default in a
 // VM (allow-all in host mode). A policy that exists but does not load stops
 // the agent: it fails closed.
-func loadPolicy(log *slog.Logger, configured, flagPath string, vm bool) (agent.Gate, error) {
+func loadPolicy(log *slog.Logger, configured, flagPath, fromInitdata string, vm bool) (agent.Gate, error) {
 	path := flagPath
 	if path == "" {
 		path = configured
@@ -298,6 +331,8 @@ func loadPolicy(log *slog.Logger, configured, flagPath string, vm bool) (agent.G
 	var text, source string
 	data, err := os.ReadFile(path)
 	switch {
+	case fromInitdata != "":
+		text, source = fromInitdata, "initdata:policy.rego"
 	case err == nil:
 		text, source = string(data), path
 	case errors.Is(err, fs.ErrNotExist) && flagPath == "":

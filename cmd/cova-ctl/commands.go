@@ -214,6 +214,8 @@ var commands = []command{
 		},
 		run: cmdRun,
 	},
+	evidenceCommand,
+	teeCommand,
 }
 
 func rootfsFlag(fs *flag.FlagSet, o *options) {

@@ -157,7 +157,7 @@ func (a *app) main(ctx context.Context, args []string) int {
 }
 
 func (a *app) connectAndRun(ctx context.Context, inv *invocation) error {
-	if a.agent == nil || a.health == nil {
+	if !dialsAA(inv.cmd) && (a.agent == nil || a.health == nil) {
 		dctx, cancel := context.WithTimeout(ctx, inv.timeout)
 		conn, err := transport.Dial(dctx, inv.addr)
 		cancel()

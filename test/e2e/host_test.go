@@ -86,6 +86,17 @@ func TestAgentAndCtl(t *testing.T) {
 		t.Fatalf("run output: stdout %q stderr %q", stdout.String(), stderr.String())
 	}
 
+	// The Attestation Agent API is served in process (host mode: sample TEE).
+	aa := "unix://" + filepath.Join(dir, "state", "attestation-agent", "attestation-agent.sock")
+	out, err = exec.Command(ctl, "tee", "--aa", aa).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "sample" {
+		t.Fatalf("tee: %q %v", out, err)
+	}
+	out, err = exec.Command(ctl, "evidence", "--aa", aa, "--runtime-data", "0102ff").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"report_data":"AQL/`) {
+		t.Fatalf("evidence: %q %v", out, err)
+	}
+
 	// An error from the agent: exit 1 with the rpc and code named.
 	out, err = exec.Command(ctl, "--addr", addr, "start", "--id", "missing").CombinedOutput()
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "StartContainer: NotFound") {
