@@ -99,6 +99,10 @@ type Options struct {
 	// Ready, when set, blocks container rpcs until the system is ready for
 	// containers (cgroups mounted); its error fails them.
 	Ready func(context.Context) error
+	// Measure, when set, records a runtime measurement event (the AA's
+	// ExtendRuntimeMeasurement) before a container or exec starts; an error
+	// fails the rpc, so nothing runs unmeasured.
+	Measure func(ctx context.Context, operation, content string) error
 	// ExecGrace is how long an exited exec's unread output is kept after
 	// WaitProcess (default 5 s).
 	ExecGrace time.Duration

@@ -60,6 +60,17 @@ func (s *service) CreateContainer(ctx context.Context, r *pb.CreateContainerRequ
 }
 
 func (s *service) StartContainer(ctx context.Context, r *pb.StartContainerRequest) (*emptypb.Empty, error) {
+	c, err := s.a.opts.Containers.Get(r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	root := ""
+	if c.Spec.Root != nil {
+		root = c.Spec.Root.Path
+	}
+	if err := s.a.measureProcess(ctx, "StartContainer", r.ContainerId, "", root, c.Spec.Process); err != nil {
+		return nil, err
+	}
 	return done(s.a.opts.Containers.Start(ctx, r.ContainerId))
 }
 
@@ -77,12 +88,18 @@ func (s *service) ExecProcess(ctx context.Context, r *pb.ExecProcessRequest) (*e
 	if r.ExecId == r.ContainerId {
 		return nil, fmt.Errorf("exec_id %q is the init process's: %w", r.ExecId, errdefs.ErrAlreadyExists)
 	}
+	if !container.ValidID(r.ExecId) {
+		return nil, invalid("exec_id", "%q is not a valid id", r.ExecId)
+	}
 	c, err := s.a.opts.Containers.Get(r.ContainerId)
 	if err != nil {
 		return nil, err
 	}
 	ps, err := ocispec.ToProcess(r.Process)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.a.measureProcess(ctx, "ExecProcess", r.ContainerId, r.ExecId, "", ps); err != nil {
 		return nil, err
 	}
 	_, err = c.Exec(ctx, r.ExecId, ps)

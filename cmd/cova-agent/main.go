@@ -38,6 +38,7 @@ import (
 	"github.com/cova-project/cova/attester/aaservice"
 	"github.com/cova-project/cova/attester/initdata"
 	"github.com/cova-project/cova/mount"
+	"github.com/cova-project/cova/protocols/aa"
 )
 
 // The libcontainer re-exec seam: "cova-agent init" is a container's init
@@ -192,7 +193,8 @@ func run(start time.Time) error {
 		aaOpts.EventLogPath = filepath.Join(stateRoot, "attestation-agent", "eventlog")
 		aaOpts.WALPath = filepath.Join(stateRoot, "attestation-agent", ".wal_event_entry")
 	}
-	if _, err := aaservice.Start(ctx, aaOpts); err != nil {
+	aaSvc, err := aaservice.Start(ctx, aaOpts)
+	if err != nil {
 		return fmt.Errorf("attestation agent: %w", err)
 	}
 	if err := rp.Start(ctx); err != nil {
@@ -202,7 +204,7 @@ func run(start time.Time) error {
 	if err != nil {
 		return err
 	}
-	a, err := buildAgent(base, cfg, vm, stateRoot, kataRoot, onceErr(cgroupsReady), gate)
+	a, err := buildAgent(base, cfg, vm, stateRoot, kataRoot, onceErr(cgroupsReady), gate, measureWith(aaSvc))
 	if err != nil {
 		return err
 	}
@@ -269,7 +271,7 @@ func run(start time.Time) error {
 
 // buildAgent wires the rooms; base carries no component attribute, each room
 // adds its own.
-func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string, ready func(context.Context) error, gate agent.Gate) (*agent.Agent, error) {
+func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string, ready func(context.Context) error, gate agent.Gate, measure func(context.Context, string, string) error) (*agent.Agent, error) {
 	log := base.With("component", "agent")
 	cm, err := container.New(container.Options{
 		StateRoot:   filepath.Join(stateRoot, "containers"),
@@ -304,6 +306,7 @@ func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRo
 		Copier:     cp,
 		Ready:      ready,
 		Gate:       gate,
+		Measure:    measure,
 	}
 	if vm {
 		o.Network = network.New(nil, base.With("component", "network"))
@@ -351,6 +354,26 @@ func loadPolicy(log *slog.Logger, configured, flagPath, fromInitdata string, vm 
 	sum := sha256.Sum256([]byte(text))
 	log.Info("policy loaded", "source", source, "sha256", hex.EncodeToString(sum[:]))
 	return eng, nil
+}
+
+// measureWith records the agent's events through the in-process AA: an
+// event log that is off (NOT_ENABLED) or a TEE without registers
+// (NOT_SUPPORTED) skips measuring, as the reference does; any other failure
+// fails the rpc.
+func measureWith(svc *aaservice.Service) func(context.Context, string, string) error {
+	return func(ctx context.Context, op, content string) error {
+		r, err := svc.ExtendRuntimeMeasurement(ctx, &aa.ExtendRuntimeMeasurementRequest{
+			Domain: agent.MeasurementDomain, Operation: op, Content: content,
+		})
+		if err != nil {
+			return err
+		}
+		switch r.GetResult() {
+		case aa.RuntimeMeasurementResult_OK, aa.RuntimeMeasurementResult_NOT_ENABLED, aa.RuntimeMeasurementResult_NOT_SUPPORTED:
+			return nil
+		}
+		return fmt.Errorf("runtime measurement result %v", r.GetResult())
+	}
 }
 
 // onceErr turns a channel that delivers one error into a function every
