@@ -189,7 +189,9 @@ func (c *Container) spawn(_ context.Context, execID string, ps *specs.Process, i
 		return nil, err
 	}
 	go func() {
-		p.wait()
+		if err := p.wait(); err != nil {
+			c.log.Warn("wait for process failed", "exec_id", execID, "pid", pid, "err", err)
+		}
 		p.release()
 	}()
 	return p, nil

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -158,5 +157,4 @@ func TestCreateValidation(t *testing.T) {
 			}
 		})
 	}
-	_ = filepath.Join
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"sync"
 	"syscall"
@@ -185,14 +184,13 @@ func recvFd(sock *os.File) (*os.File, error) {
 // wait reaps the process (a wait on this pid only, so it never steals another
 // waiter's child) and records its status as a shell does: the exit code, or
 // 128+signal.
-func (p *Process) wait() {
+func (p *Process) wait() error {
 	defer close(p.exited)
 	ps, err := p.lp.Wait()
 	p.exitedAt = time.Now()
 	if ps == nil {
-		p.status = 255
-		_ = err
-		return
+		p.status = 255 // no status to report: the wait itself failed
+		return err
 	}
 	if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
 		switch {
@@ -203,9 +201,10 @@ func (p *Process) wait() {
 		default:
 			p.status = 255
 		}
-		return
+		return nil
 	}
 	p.status = ps.ExitCode()
+	return nil
 }
 
 // Exited is closed when the process has been reaped.
@@ -331,5 +330,3 @@ func (p *Process) release() {
 		p.tty.Close()
 	}
 }
-
-var _ io.Closer = (*os.File)(nil)
