@@ -1,12 +1,11 @@
 #!/bin/sh
-# Installs the tools the imagepull tests use (registry, skopeo, umoci, busybox).
-# Idempotent: does nothing when every tool is already present.
+# Installs what the imagepull tests use: a registry, skopeo and umoci to build
+# and push images, and a static busybox to put in them. Idempotent: installs
+# only the packages that are missing.
 set -eu
 need=""
-for pair in docker-registry:docker-registry skopeo:skopeo umoci:umoci busybox:busybox-static; do
-	tool=${pair%%:*}
-	pkg=${pair#*:}
-	if ! command -v "$tool" >/dev/null 2>&1; then
+for pkg in docker-registry skopeo umoci busybox-static; do
+	if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
 		need="$need $pkg"
 	fi
 done
@@ -14,6 +13,7 @@ if [ -z "$need" ]; then
 	exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
+# shellcheck disable=SC2086 # word splitting of the package list is wanted
 if ! apt-get install -y --no-install-recommends $need; then
 	apt-get update
 	apt-get install -y --no-install-recommends $need

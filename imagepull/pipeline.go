@@ -1,0 +1,233 @@
+package imagepull
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/cova-project/cova/imagepull/oci"
+	"github.com/cova-project/cova/imagepull/registry"
+	"github.com/cova-project/cova/imagepull/unpack"
+)
+
+type layerStats struct {
+	blobBytes int64
+	unpacked  unpack.Stats
+}
+
+var (
+	gzipMagic = []byte{0x1f, 0x8b}
+	zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+)
+
+// fetchLayer is the one-pass pipeline for one layer:
+// registry body → blob digest → decompress → diffID digest → unpack into
+// staging. It returns nil only when the blob digest (checked by the blob
+// reader at EOF) and the diffID both match.
+func (p *Puller) fetchLayer(ctx context.Context, repo *registry.Repo, desc oci.Descriptor, diffID oci.Digest, staging string, log *slog.Logger) (layerStats, error) {
+	start := time.Now()
+	var st layerStats
+	// Cancelled first on return, so that closing the pipe never waits on
+	// a stalled registry read.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	blob, err := repo.OpenBlob(ctx, desc)
+	if err != nil {
+		return st, err
+	}
+	defer blob.Close()
+	counted := &countReader{r: blob}
+	br := bufio.NewReaderSize(counted, 256<<10)
+
+	// The bytes decide the format; the diffID check backs whichever it is.
+	magic, _ := br.Peek(4)
+	var dec io.Reader
+	var comp oci.Compression
+	switch {
+	case bytes.HasPrefix(magic, gzipMagic):
+		comp = oci.Gzip
+		gz, err := gzip.NewReader(br)
+		if err != nil {
+			return st, fmt.Errorf("gzip: %v: %w", err, unpack.ErrInvalidArchive)
+		}
+		defer gz.Close()
+		dec = gz
+	case bytes.HasPrefix(magic, zstdMagic):
+		comp = oci.Zstd
+		zd, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(p.cfg.MaxZstdWindow),
+			zstd.WithDecoderMaxMemory(p.cfg.MaxZstdWindow))
+		if err != nil {
+			return st, fmt.Errorf("zstd: %v: %w", err, unpack.ErrInvalidArchive)
+		}
+		defer zd.Close()
+		dec = zd
+	default:
+		comp = oci.Uncompressed
+		dec = br
+	}
+	if li, _ := oci.ParseLayerMediaType(desc.MediaType); li.Compression != comp {
+		log.Debug("layer compression differs from its media type", "digest", desc.Digest.String(), "mediaType", desc.MediaType, "found", comp.String())
+	}
+
+	// Decompression (with the network read and the blob digest) runs in
+	// its own goroutine, unpacking (with the diffID digest) in this one,
+	// joined by a few fixed buffers: two cores work on one layer, and
+	// memory stays bounded.
+	pipe := newChunkPipe(ctx, dec, 4, 256<<10)
+	defer func() {
+		cancel()
+		pipe.Close()
+	}()
+	h, checkDiffID := diffID.Verifier()
+	tee := io.TeeReader(pipe, h)
+	st.unpacked, err = unpack.Unpack(ctx, tee, staging, p.cfg.Unpack)
+	if err != nil {
+		return st, fmt.Errorf("unpacking: %w", err)
+	}
+	// The diffID covers the whole uncompressed stream, including what
+	// follows the end-of-archive blocks; bound what we are willing to hash.
+	trailer := p.cfg.Unpack.MaxBytes
+	if trailer <= 0 || trailer > 1<<30 {
+		trailer = 1 << 30
+	}
+	n, err := io.Copy(io.Discard, io.LimitReader(tee, trailer+1))
+	if err != nil {
+		return st, fmt.Errorf("reading past the archive: %w", decodeErr(err))
+	}
+	if n > trailer {
+		return st, fmt.Errorf("more than %d bytes after the end of the archive: %w", trailer, unpack.ErrInvalidArchive)
+	}
+	// Reading the blob to EOF makes the blob reader check the digest.
+	pipe.Close()
+	if _, err := io.Copy(io.Discard, br); err != nil {
+		return st, err
+	}
+	if err := checkDiffID(); err != nil {
+		return st, fmt.Errorf("diffID: %w", err)
+	}
+	st.blobBytes = counted.n
+	secs := time.Since(start).Seconds()
+	log.Info("layer pulled", "digest", desc.Digest.String(), "compression", comp.String(), "blob_bytes", counted.n,
+		"unpacked_bytes", st.unpacked.Bytes, "entries", st.unpacked.Entries, "seconds", secs)
+	return st, nil
+}
+
+// decodeErr marks decompressor failures as a bad layer unless they carry a
+// class (a registry error surfacing through the decompressor).
+func decodeErr(err error) error {
+	if errdefs.IsUnavailable(err) || errdefs.IsFailedPrecondition(err) || errdefs.IsInvalidArgument(err) ||
+		errdefs.IsResourceExhausted(err) || errdefs.IsNotFound(err) || errdefs.IsUnauthorized(err) ||
+		errdefs.IsPermissionDenied(err) || errdefs.IsCanceled(err) || errdefs.IsDeadlineExceeded(err) {
+		return err
+	}
+	return fmt.Errorf("%v: %w", err, unpack.ErrInvalidArchive)
+}
+
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// chunkPipe moves data from a producer goroutine reading src to the
+// consumer through a fixed set of buffers.
+type chunkPipe struct {
+	full  chan []byte // filled buffers, in order
+	free  chan []byte // buffers to refill
+	done  chan struct{}
+	errc  chan error // the producer's final error (io.EOF at the end)
+	buf   []byte     // the buffer being consumed
+	cur   []byte     // its unread part
+	err   error
+	once  bool
+	ended chan struct{}
+}
+
+func newChunkPipe(ctx context.Context, src io.Reader, n, size int) *chunkPipe {
+	p := &chunkPipe{
+		full: make(chan []byte, n), free: make(chan []byte, n),
+		done: make(chan struct{}), errc: make(chan error, 1), ended: make(chan struct{}),
+	}
+	for i := 0; i < n; i++ {
+		p.free <- make([]byte, size)
+	}
+	go func() {
+		defer close(p.ended)
+		for {
+			var buf []byte
+			select {
+			case buf = <-p.free:
+			case <-p.done:
+				return
+			case <-ctx.Done():
+				p.errc <- ctx.Err()
+				close(p.full)
+				return
+			}
+			k, err := io.ReadFull(src, buf[:cap(buf)])
+			if k > 0 {
+				select {
+				case p.full <- buf[:k]:
+				case <-p.done:
+					return
+				}
+			}
+			if err != nil {
+				if err == io.ErrUnexpectedEOF {
+					err = io.EOF
+				}
+				if err != io.EOF {
+					err = decodeErr(err)
+				}
+				p.errc <- err
+				close(p.full)
+				return
+			}
+		}
+	}()
+	return p
+}
+
+func (p *chunkPipe) Read(b []byte) (int, error) {
+	if len(p.cur) == 0 {
+		if p.buf != nil {
+			p.free <- p.buf
+			p.buf, p.cur = nil, nil
+		}
+		if p.err != nil {
+			return 0, p.err
+		}
+		buf, ok := <-p.full
+		if !ok {
+			p.err = <-p.errc
+			return 0, p.err
+		}
+		p.buf, p.cur = buf[:cap(buf)], buf
+	}
+	n := copy(b, p.cur)
+	p.cur = p.cur[n:]
+	return n, nil
+}
+
+// Close stops the producer and waits for it, so the source is no longer
+// read concurrently.
+func (p *chunkPipe) Close() {
+	if !p.once {
+		p.once = true
+		close(p.done)
+	}
+	<-p.ended
+}
