@@ -13,7 +13,7 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 
-	"github.com/cova-project/cova/imagepull/internal/regtest"
+	"github.com/cova-project/cova/test/regtest"
 	"github.com/cova-project/cova/imagepull/oci"
 	"github.com/cova-project/cova/imagepull/registry"
 )

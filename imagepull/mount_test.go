@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cova-project/cova/imagepull/internal/regtest"
+	"github.com/cova-project/cova/test/regtest"
 )
 
 // inMountNS runs fn on a thread with its own private mount namespace; the

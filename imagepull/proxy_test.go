@@ -19,7 +19,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/cova-project/cova/imagepull/internal/regtest"
+	"github.com/cova-project/cova/test/regtest"
 	"github.com/cova-project/cova/imagepull/oci"
 )
 

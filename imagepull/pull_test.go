@@ -15,7 +15,7 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
-	"github.com/cova-project/cova/imagepull/internal/regtest"
+	"github.com/cova-project/cova/test/regtest"
 	"github.com/cova-project/cova/imagepull/oci"
 	"github.com/cova-project/cova/imagepull/registry"
 	"github.com/cova-project/cova/imagepull/unpack"

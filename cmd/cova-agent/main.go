@@ -30,6 +30,7 @@ import (
 	"github.com/cova-project/cova/agent/config"
 	"github.com/cova-project/cova/agent/container"
 	"github.com/cova-project/cova/agent/copyfile"
+	"github.com/cova-project/cova/agent/guestpull"
 	"github.com/cova-project/cova/agent/network"
 	"github.com/cova-project/cova/agent/policy"
 	"github.com/cova-project/cova/agent/reaper"
@@ -37,6 +38,8 @@ import (
 	"github.com/cova-project/cova/agent/transport"
 	"github.com/cova-project/cova/attester/aaservice"
 	"github.com/cova-project/cova/attester/initdata"
+	"github.com/cova-project/cova/imagepull"
+	"github.com/cova-project/cova/imagepull/registry"
 	"github.com/cova-project/cova/mount"
 	"github.com/cova-project/cova/protocols/aa"
 )
@@ -63,7 +66,14 @@ func main() {
 	}
 }
 
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
 type flags struct {
+	insecureRegistries                         stringList
 	listen, configFile, root, logLevel, policy string
 	version                                    bool
 }
@@ -76,7 +86,8 @@ func parseFlags(args []string) (flags, error) {
 	fs.StringVar(&f.configFile, "c", "", "shorthand for --config")
 	fs.StringVar(&f.root, "root", "", "state root (host mode default /run/cova; VM: /run)")
 	fs.StringVar(&f.logLevel, "log-level", "", "log level (trace, debug, info, warn, error)")
-	fs.StringVar(&f.policy, "policy", "", "agent policy (Rego) file (default: policy_file, else the built-in default)")
+	fs.StringVar(&f.policy, "policy", "", "agent policy (Rego) file (default: policy_file, else the built-in default; host mode only)")
+	fs.Var(&f.insecureRegistries, "insecure-registry", "registry HOST[:PORT] reached over plain HTTP (repeatable; host mode only)")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return f, err
@@ -102,6 +113,12 @@ func run(start time.Time) error {
 	vm := sysinit.IsPID1()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	if vm && (f.policy != "" || len(f.insecureRegistries) > 0) {
+		// As PID 1 our arguments come from the kernel command line, which
+		// the host writes: it must not choose the policy or weaken pulls.
+		fmt.Fprintln(os.Stderr, "cova-agent: ignoring --policy and --insecure-registry as PID 1")
+		f.policy, f.insecureRegistries = "", nil
+	}
 
 	// Early logger: console, info.
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -204,7 +221,17 @@ func run(start time.Time) error {
 	if err != nil {
 		return err
 	}
-	a, err := buildAgent(base, cfg, vm, stateRoot, kataRoot, onceErr(cgroupsReady), gate, measureWith(aaSvc))
+	measure := measureWith(aaSvc)
+	puller, err := newPuller(base.With("component", "imagepull"), kataRoot, f.insecureRegistries)
+	if err != nil {
+		return err
+	}
+	pullDriver := guestpull.New(puller, measure, base.With("component", "guestpull"))
+	a, err := buildAgent(base, cfg, vm, stateRoot, kataRoot, onceErr(cgroupsReady), gate,
+		func(ctx context.Context, op, content string) error {
+			return measure(ctx, agent.MeasurementDomain, op, content)
+		},
+		map[string]mount.Driver{guestpull.DriverName: pullDriver})
 	if err != nil {
 		return err
 	}
@@ -271,7 +298,7 @@ func run(start time.Time) error {
 
 // buildAgent wires the rooms; base carries no component attribute, each room
 // adds its own.
-func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string, ready func(context.Context) error, gate agent.Gate, measure func(context.Context, string, string) error) (*agent.Agent, error) {
+func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string, ready func(context.Context) error, gate agent.Gate, measure func(context.Context, string, string) error, drivers map[string]mount.Driver) (*agent.Agent, error) {
 	log := base.With("component", "agent")
 	cm, err := container.New(container.Options{
 		StateRoot:   filepath.Join(stateRoot, "containers"),
@@ -285,6 +312,7 @@ func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRo
 		Logger:         base.With("component", "storage"),
 		HotplugTimeout: cfg.HotplugTimeout,
 		AllowedRoots:   []string{kataRoot},
+		Drivers:        drivers,
 	})
 	if err != nil {
 		return nil, err
@@ -360,10 +388,10 @@ func loadPolicy(log *slog.Logger, configured, flagPath, fromInitdata string, vm 
 // event log that is off (NOT_ENABLED) or a TEE without registers
 // (NOT_SUPPORTED) skips measuring, as the reference does; any other failure
 // fails the rpc.
-func measureWith(svc *aaservice.Service) func(context.Context, string, string) error {
-	return func(ctx context.Context, op, content string) error {
+func measureWith(svc *aaservice.Service) guestpull.MeasureFunc {
+	return func(ctx context.Context, domain, op, content string) error {
 		r, err := svc.ExtendRuntimeMeasurement(ctx, &aa.ExtendRuntimeMeasurementRequest{
-			Domain: agent.MeasurementDomain, Operation: op, Content: content,
+			Domain: domain, Operation: op, Content: content,
 		})
 		if err != nil {
 			return err
@@ -374,6 +402,20 @@ func measureWith(svc *aaservice.Service) func(context.Context, string, string) e
 		}
 		return fmt.Errorf("runtime measurement result %v", r.GetResult())
 	}
+}
+
+// newPuller makes the image puller; its layer store lives under the Kata
+// root (tmpfs /run in a guest).
+func newPuller(log *slog.Logger, kataRoot string, insecure []string) (*imagepull.Puller, error) {
+	var regs []registry.Registry
+	for _, h := range insecure {
+		regs = append(regs, registry.Registry{Prefix: h, Insecure: true})
+	}
+	return imagepull.New(imagepull.Config{
+		WorkDir:  filepath.Join(kataRoot, "image"),
+		Registry: registry.Config{Registries: regs, Logger: log},
+		Logger:   log,
+	})
 }
 
 // onceErr turns a channel that delivers one error into a function every

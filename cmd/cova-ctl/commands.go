@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 	"syscall"
@@ -32,6 +33,8 @@ type options struct {
 	id, execID    string
 	hostname      string
 	rootfs        string
+	image         string // guest pull instead of rootfs
+	guestRoot     string // the agent's Kata root (mount points of pulled images)
 	tty           bool
 	detach        bool
 	signal        string
@@ -199,16 +202,19 @@ var commands = []command{
 	},
 	{name: "set-time", help: "SetGuestDateTime: set the guest clock to this machine's time", check: noArgs, run: cmdSetTime},
 	{
-		name: "run", args: "--rootfs DIR [--tty] [--id ID] -- CMD [ARG...]",
-		help: "run CMD in a new sandbox (Create/Start, forward stdio, Wait, Remove, DestroySandbox) and exit with its status",
+		name: "run", args: "(--rootfs DIR | --image REF [--guest-root DIR]) [--tty] [--id ID] -- CMD [ARG...]",
+		help: "run CMD in a new sandbox (Create/Start, forward stdio, Wait, Remove, DestroySandbox) and exit with its status;\n" +
+			"--image makes the guest pull REF (image_guest_pull storage) instead of using a rootfs directory",
 		flags: func(fs *flag.FlagSet, o *options) {
 			rootfsFlag(fs, o)
+			fs.StringVar(&o.image, "image", "", "image reference the guest pulls (instead of --rootfs)")
+			fs.StringVar(&o.guestRoot, "guest-root", defaultGuestRoot(), "the agent's Kata root, where pulled rootfs are mounted ($COVA_GUEST_ROOT)")
 			ttyFlag(fs, o)
 			fs.StringVar(&o.id, "id", "", "container id (default: the random sandbox id)")
 		},
 		check: func(o *options) error {
-			if o.rootfs == "" {
-				return errors.New("--rootfs is required")
+			if (o.rootfs == "") == (o.image == "") {
+				return errors.New("exactly one of --rootfs and --image is required")
 			}
 			return needCmd(o)
 		},
@@ -216,6 +222,14 @@ var commands = []command{
 	},
 	evidenceCommand,
 	teeCommand,
+}
+
+// defaultGuestRoot is where a Kata agent keeps container state in the guest.
+func defaultGuestRoot() string {
+	if v := os.Getenv("COVA_GUEST_ROOT"); v != "" {
+		return v
+	}
+	return "/run/kata-containers"
 }
 
 func rootfsFlag(fs *flag.FlagSet, o *options) {
@@ -348,11 +362,25 @@ func (a *app) destroySandbox(ctx context.Context) error {
 }
 
 func cmdCreateContainer(ctx context.Context, a *app, o *options) error {
-	return a.createContainer(ctx, o.id, o.rootfs, o.args, o.tty)
+	return a.createContainer(ctx, o.id, o)
 }
 
-func (a *app) createContainer(ctx context.Context, id, rootfs string, args []string, tty bool) error {
-	spec, err := buildSpec(rootfs, args, tty)
+// createContainer creates id from o's rootfs directory, or from o's image,
+// which the guest pulls into a rootfs under o.guestRoot.
+func (a *app) createContainer(ctx context.Context, id string, o *options) error {
+	rootfs := o.rootfs
+	var storages []*grpc.Storage
+	if o.image != "" {
+		rootfs = path.Join(o.guestRoot, id, "rootfs")
+		storages = []*grpc.Storage{{
+			Driver:        "image_guest_pull",
+			DriverOptions: []string{`image_guest_pull={"metadata":{"io.kubernetes.cri.container-type":"container"}}`},
+			Source:        o.image,
+			Fstype:        "overlay",
+			MountPoint:    rootfs,
+		}}
+	}
+	spec, err := buildSpec(rootfs, o.args, o.tty)
 	if err != nil {
 		return err
 	}
@@ -361,7 +389,7 @@ func (a *app) createContainer(ctx context.Context, id, rootfs string, args []str
 		return err
 	}
 	_, err = call(ctx, a, "CreateContainer", func(c context.Context) (any, error) {
-		return a.agent.CreateContainer(c, &grpc.CreateContainerRequest{ContainerId: id, ExecId: id, OCI: wire})
+		return a.agent.CreateContainer(c, &grpc.CreateContainerRequest{ContainerId: id, ExecId: id, OCI: wire, Storages: storages})
 	})
 	return err
 }

@@ -40,7 +40,7 @@ func cmdRun(ctx context.Context, a *app, o *options) error {
 	}
 	created := false
 	runErr := a.attach(ctx, cid, cid, o.tty, func(c context.Context) error {
-		if err := a.createContainer(c, cid, o.rootfs, o.args, o.tty); err != nil {
+		if err := a.createContainer(c, cid, o); err != nil {
 			return err
 		}
 		created = true
