@@ -13,9 +13,9 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 
-	"github.com/cova-project/cova/test/regtest"
 	"github.com/cova-project/cova/imagepull/oci"
 	"github.com/cova-project/cova/imagepull/registry"
+	"github.com/cova-project/cova/test/regtest"
 )
 
 // benchSources are host directories of real files turned into layers, as

@@ -7,9 +7,9 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 
-	"github.com/cova-project/cova/test/regtest"
 	"github.com/cova-project/cova/imagepull/oci"
 	"github.com/cova-project/cova/imagepull/reference"
+	"github.com/cova-project/cova/test/regtest"
 )
 
 type tent struct {

@@ -19,8 +19,8 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/cova-project/cova/test/regtest"
 	"github.com/cova-project/cova/imagepull/oci"
+	"github.com/cova-project/cova/test/regtest"
 )
 
 // badProxy sits in front of the real registry and misbehaves through hook.

@@ -15,10 +15,10 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
-	"github.com/cova-project/cova/test/regtest"
 	"github.com/cova-project/cova/imagepull/oci"
 	"github.com/cova-project/cova/imagepull/registry"
 	"github.com/cova-project/cova/imagepull/unpack"
+	"github.com/cova-project/cova/test/regtest"
 )
 
 func newPuller(t *testing.T, host string, mod func(*Config)) *Puller {

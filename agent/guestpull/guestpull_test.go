@@ -23,7 +23,7 @@ func TestSetupRefusesBadStorages(t *testing.T) {
 		check func(error) bool
 	}{
 		{"fstype", mount.Storage{Source: "busybox", Fstype: "ext4", MountPoint: mp}, errdefs.IsInvalidArgument},
-		{"bad reference", mount.Storage{Source: "UPPER/case:tag", Fstype: "overlay", MountPoint: mp}, errdefs.IsInvalidArgument},
+		{"bad reference", mount.Storage{Source: "library/Busy box:@@", Fstype: "overlay", MountPoint: mp}, errdefs.IsInvalidArgument},
 		{"metadata not json", mount.Storage{Source: "busybox", DriverOptions: []string{"image_guest_pull={"}, MountPoint: mp}, errdefs.IsInvalidArgument},
 		{"pause container", mount.Storage{Source: "pause", DriverOptions: []string{`image_guest_pull={"metadata":{"io.kubernetes.cri.container-type":"sandbox"}}`}, MountPoint: mp}, errdefs.IsNotImplemented},
 	}

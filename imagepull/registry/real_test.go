@@ -7,8 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/cova-project/cova/test/regtest"
 	"github.com/cova-project/cova/imagepull/oci"
+	"github.com/cova-project/cova/test/regtest"
 )
 
 // TestRealRegistry pulls an image that umoci built and skopeo pushed to a
