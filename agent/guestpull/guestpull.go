@@ -42,21 +42,25 @@ type Driver struct {
 	measure MeasureFunc
 	log     *slog.Logger
 
+	self string // this binary, served as /pause
+
 	mu      sync.Mutex
 	mounted map[string]*pulled // by mount point
 }
 
 type pulled struct {
-	id  string
-	img *imagepull.Image
+	id    string
+	img   *imagepull.Image // nil for the pause rootfs
+	pause string           // the bind-mounted /pause, for the pause rootfs
 }
 
-// New returns the driver; measure may be nil.
-func New(p *imagepull.Puller, measure MeasureFunc, log *slog.Logger) *Driver {
+// New returns the driver; measure may be nil. self is the agent binary,
+// which doubles as the pause process ("" disables pause rootfs).
+func New(p *imagepull.Puller, measure MeasureFunc, self string, log *slog.Logger) *Driver {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Driver{puller: p, measure: measure, log: log, mounted: map[string]*pulled{}}
+	return &Driver{puller: p, measure: measure, self: self, log: log, mounted: map[string]*pulled{}}
 }
 
 // metadata is the JSON Kata puts in the driver option; only the container
@@ -103,7 +107,7 @@ func (d *Driver) Setup(ctx context.Context, id string, s mount.Storage) (retErr 
 		return err
 	}
 	if ctype == "sandbox" {
-		return fmt.Errorf("image_guest_pull for the pause (sandbox) container needs a baked pause bundle, which Cova does not ship yet: %w", errdefs.ErrNotImplemented)
+		return d.setupPause(id, s)
 	}
 	if _, err := reference.Parse(s.Source); err != nil {
 		return invalid("source", "%q is not an image reference: %v", s.Source, err)
@@ -146,6 +150,36 @@ func (d *Driver) Setup(ctx context.Context, id string, s mount.Storage) (retErr 
 	return nil
 }
 
+// setupPause makes the pause container's rootfs without pulling anything (as
+// kata uses a baked pause bundle): an empty directory whose /pause is this
+// very binary, bind-mounted read-only; run as "/pause" it only waits.
+func (d *Driver) setupPause(id string, s mount.Storage) error {
+	if d.self == "" {
+		return fmt.Errorf("image_guest_pull for the pause container: no agent binary to serve as /pause: %w", errdefs.ErrNotImplemented)
+	}
+	if err := mkdirNoSymlinks(s.MountPoint); err != nil {
+		return err
+	}
+	target := filepath.Join(s.MountPoint, "pause")
+	f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY|unix.O_NOFOLLOW, 0o755)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", target, err)
+	}
+	f.Close()
+	if err := unix.Mount(d.self, target, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s at %s: %w", d.self, target, err)
+	}
+	if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		_ = unix.Unmount(target, unix.MNT_DETACH)
+		return fmt.Errorf("make %s read-only: %w", target, err)
+	}
+	d.mu.Lock()
+	d.mounted[s.MountPoint] = &pulled{id: id, pause: target}
+	d.mu.Unlock()
+	d.log.Info("pause rootfs ready", "container_id", id, "image", s.Source)
+	return nil
+}
+
 // Teardown unmounts the rootfs, drops the container's upper dir and its
 // references on the layers, and collects unreferenced layers.
 func (d *Driver) Teardown(ctx context.Context, s mount.Storage) error {
@@ -155,6 +189,12 @@ func (d *Driver) Teardown(ctx context.Context, s mount.Storage) error {
 	d.mu.Unlock()
 	if p == nil {
 		return nil
+	}
+	if p.pause != "" {
+		if err := unix.Unmount(p.pause, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("unmount %s: %w", p.pause, err)
+		}
+		return os.RemoveAll(s.MountPoint)
 	}
 	var errs []error
 	if err := unix.Unmount(s.MountPoint, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {

@@ -15,7 +15,7 @@ func TestSetupRefusesBadStorages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := New(p, nil, nil)
+	d := New(p, nil, "", nil)
 	mp := t.TempDir() + "/rootfs"
 	cases := []struct {
 		name  string

@@ -51,6 +51,31 @@ func init() {
 		libcontainer.Init()
 		os.Exit(1) // Init does not return on success
 	}
+	// The same binary is the sandbox's pause process: image_guest_pull
+	// bind-mounts it at /pause in the pause container's rootfs.
+	if filepath.Base(os.Args[0]) == "pause" {
+		os.Exit(pause())
+	}
+}
+
+// pause holds the sandbox's namespaces: it reaps children and exits on
+// SIGINT or SIGTERM, like Kubernetes' pause.
+func pause() int {
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGCHLD)
+	for s := range sigs {
+		if s == unix.SIGCHLD {
+			for {
+				var ws unix.WaitStatus
+				if pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil); pid <= 0 || err != nil {
+					break
+				}
+			}
+			continue
+		}
+		return 0
+	}
+	return 0
 }
 
 func main() {
@@ -226,7 +251,11 @@ func run(start time.Time) error {
 	if err != nil {
 		return err
 	}
-	pullDriver := guestpull.New(puller, measure, base.With("component", "guestpull"))
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find the agent binary: %w", err)
+	}
+	pullDriver := guestpull.New(puller, measure, self, base.With("component", "guestpull"))
 	a, err := buildAgent(base, cfg, vm, stateRoot, kataRoot, onceErr(cgroupsReady), gate,
 		func(ctx context.Context, op, content string) error {
 			return measure(ctx, agent.MeasurementDomain, op, content)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -9,6 +10,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/containerd/ttrpc"
+	"github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/cova-project/cova/agent/ocispec"
+	pb "github.com/cova-project/cova/protocols/grpc"
 
 	"github.com/cova-project/cova/test/regtest"
 	"github.com/cova-project/cova/test/testutil"
@@ -21,7 +28,7 @@ import (
 func TestRunImageFromLocalRegistry(t *testing.T) {
 	testutil.RequireRoot(t)
 	regtest.Require(t, "docker-registry", "umoci", "skopeo")
-	agentBin, ctl := bin(t, "cova-agent"), bin(t, "cova-ctl")
+	ctl := bin(t, "cova-ctl")
 	reg := regtest.Start(t)
 	l := regtest.NewLayout(t, "latest")
 	l.Insert("/bin/busybox", "/bin/busybox")
@@ -37,33 +44,9 @@ func TestRunImageFromLocalRegistry(t *testing.T) {
 	l.Insert(filepath.Join(tree, "bin"), "/bin")
 	l.Push(reg.Host, "test/busybox", "latest")
 
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "a.sock")
-	addr := "unix://" + sock
-	var logs strings.Builder
-	agent := exec.Command(agentBin, "--listen", addr, "--root", filepath.Join(dir, "state"), "--insecure-registry", reg.Host)
-	agent.Stderr = &logs
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = agent.Process.Signal(os.Interrupt)
-		_ = agent.Wait()
-		if t.Failed() {
-			t.Logf("agent log:\n%s", logs.String())
-		}
-	})
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("agent did not listen")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	guestRoot := filepath.Join(dir, "state", "kata-containers")
+	ag := startAgent(t, "--insecure-registry", reg.Host)
+	addr, logs := ag.addr, ag.logs
+	guestRoot := ag.guestRoot()
 	image := reg.Host + "/test/busybox:latest"
 	for i, want := range []string{"hi\n", "again\n"} {
 		start := time.Now()
@@ -84,5 +67,68 @@ func TestRunImageFromLocalRegistry(t *testing.T) {
 	out, err := exec.Command(ctl, "--addr", addr, "run", "--image", "127.0.0.1:1/none:latest", "--guest-root", guestRoot, "--", "true").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "CreateContainer") {
 		t.Fatalf("pull from nowhere: %q %v", out, err)
+	}
+}
+
+// TestPauseContainerFromGuestPull: the shim's pause container with an
+// image_guest_pull storage of container type "sandbox" runs the agent binary
+// itself as /pause (nothing is pulled); it keeps running, SIGTERM ends it
+// with status 0, and removal leaves no rootfs behind.
+func TestPauseContainerFromGuestPull(t *testing.T) {
+	testutil.RequireRoot(t)
+	ag := startAgent(t)
+	conn, err := net.Dial("unix", ag.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+	c := pb.NewAgentServiceClient(client)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const sid = "sbx"
+	if _, err := c.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: sid, SandboxPidns: true}); err != nil {
+		t.Fatal(err)
+	}
+	mp := filepath.Join(ag.guestRoot(), sid, "rootfs")
+	pauseSpec := &specs.Spec{
+		Version: specs.Version,
+		Root:    &specs.Root{Path: mp, Readonly: true},
+		Process: &specs.Process{Args: []string{"/pause"}, Cwd: "/", User: specs.User{UID: 65535, GID: 65535}, NoNewPrivileges: true},
+		Mounts:  []specs.Mount{{Destination: "/proc", Type: "proc", Source: "proc"}},
+		Linux:   &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.MountNamespace}}},
+	}
+	w, err := ocispec.FromSpec(pauseSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	storage := &pb.Storage{
+		Driver: "image_guest_pull", Source: "pause", Fstype: "overlay", MountPoint: mp,
+		DriverOptions: []string{`image_guest_pull={"metadata":{"io.kubernetes.cri.container-type":"sandbox"}}`},
+	}
+	if _, err := c.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: sid, ExecId: sid, OCI: w, Storages: []*pb.Storage{storage}}); err != nil {
+		t.Fatalf("CreateContainer(pause): %v", err)
+	}
+	if _, err := c.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: sid}); err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	_, err = c.WaitProcess(wctx, &pb.WaitProcessRequest{ContainerId: sid})
+	wcancel()
+	if err == nil {
+		t.Fatalf("the pause process exited at once:\n%s", ag.logs.String())
+	}
+	// SIGTERM ends pause cleanly (exit 0), as Kubernetes' pause does.
+	if _, err := c.SignalProcess(ctx, &pb.SignalProcessRequest{ContainerId: sid, ExecId: sid, Signal: 15}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: sid}); err != nil || r.Status != 0 {
+		t.Fatalf("pause after SIGTERM: %v %v; want exit 0", r, err)
+	}
+	if _, err := c.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: sid}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(mp); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("pause rootfs left behind: %v", err)
 	}
 }
