@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -439,6 +440,12 @@ func TestGuestRPCs(t *testing.T) {
 	}
 	if _, err := e.c.ListRoutes(e.ctx, &pb.ListRoutesRequest{}); err != nil {
 		t.Fatal(err)
+	}
+	if _, lerr := exec.LookPath("iptables-save"); lerr != nil {
+		_, err = e.c.GetIPTables(e.ctx, &pb.GetIPTablesRequest{})
+		wantCode(t, err, codes.Unimplemented, "iptables-save")
+	} else if r, err := e.c.GetIPTables(e.ctx, &pb.GetIPTablesRequest{}); err != nil || r == nil { // a host without rules prints nothing
+		t.Fatalf("GetIPTables = %v, %v", r, err)
 	}
 	_, err = e.c.SetIPTables(e.ctx, &pb.SetIPTablesRequest{Data: []byte("*filter\nCOMMIT\n")})
 	wantCode(t, err, codes.FailedPrecondition, "host mode")
