@@ -216,7 +216,7 @@ func run(start time.Time) error {
 		return fmt.Errorf("attester: %w", err)
 	}
 	aaOpts := aaservice.StartOptions{Primary: primary, Additional: additional, Logger: base.With("component", "aa")}
-	initdataPolicy := ""
+	initdataPolicy, cdhTOML := "", ""
 	if vm {
 		id, err := initdata.Load(ctx, initdata.Options{Attester: primary, Logger: base.With("component", "initdata")})
 		if err != nil {
@@ -230,6 +230,7 @@ func run(start time.Time) error {
 		if p, ok := id.Policy(); ok {
 			initdataPolicy = p
 		}
+		cdhTOML, _ = id.CDHConfig()
 	} else {
 		aaOpts.Addr = "unix://" + filepath.Join(stateRoot, "attestation-agent", "attestation-agent.sock")
 		aaOpts.EventLogPath = filepath.Join(stateRoot, "attestation-agent", "eventlog")
@@ -247,7 +248,7 @@ func run(start time.Time) error {
 		return err
 	}
 	measure := measureWith(aaSvc)
-	puller, err := newPuller(base.With("component", "imagepull"), kataRoot, f.insecureRegistries)
+	puller, err := newPuller(base.With("component", "imagepull"), kataRoot, f.insecureRegistries, cdhTOML)
 	if err != nil {
 		return err
 	}
@@ -435,16 +436,22 @@ func measureWith(svc *aaservice.Service) guestpull.MeasureFunc {
 
 // newPuller makes the image puller; its layer store lives under the Kata
 // root (tmpfs /run in a guest).
-func newPuller(log *slog.Logger, kataRoot string, insecure []string) (*imagepull.Puller, error) {
+func newPuller(log *slog.Logger, kataRoot string, insecure []string, cdhTOML string) (*imagepull.Puller, error) {
 	var regs []registry.Registry
 	for _, h := range insecure {
 		regs = append(regs, registry.Registry{Prefix: h, Insecure: true})
 	}
-	return imagepull.New(imagepull.Config{
+	cfg := imagepull.Config{
 		WorkDir:  filepath.Join(kataRoot, "image"),
 		Registry: registry.Config{Registries: regs, Logger: log},
 		Logger:   log,
-	})
+	}
+	if cdhTOML != "" {
+		if err := applyCDHImage(&cfg, cdhTOML); err != nil {
+			return nil, fmt.Errorf("initdata: %w", err)
+		}
+	}
+	return imagepull.New(cfg)
 }
 
 // onceErr turns a channel that delivers one error into a function every

@@ -146,6 +146,11 @@ func (o Overlay) mountFS(target string, flags uintptr) error {
 		}
 	}
 	if err := unix.FsconfigCreate(fsfd); err != nil {
+		if errors.Is(err, unix.EINVAL) {
+			// Kernels before 6.5 run overlay through the legacy fs_context
+			// shim: it accepts lowerdir+ per call and only refuses it here.
+			return errNoNewAPI
+		}
 		return fmt.Errorf("creating overlay: %w", err)
 	}
 	var attr int

@@ -102,7 +102,13 @@ type Config struct {
 	Dir    string
 	Memory string // default 512M
 	Disks  []Disk
+	// Net adds a virtio-net NIC (MAC GuestMAC) on QEMU user networking: the
+	// guest reaches the host's loopback services at 10.0.2.2.
+	Net bool
 }
+
+// GuestMAC is the MAC of the NIC Config.Net adds.
+const GuestMAC = "52:54:00:c0:7a:01"
 
 // Args returns QEMU's arguments for c: q35 under TCG, one vCPU, no
 // defaults, serial console on stdio, no reboot (a guest reboot or panic
@@ -122,6 +128,9 @@ func (c Config) Args() []string {
 		"-device", "virtio-serial-pci,id=vser0,romfile=",
 		"-chardev", "socket,id=ch0,path=" + sock + ",server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,chardev=ch0,name=" + PortName,
+	}
+	if c.Net {
+		args = append(args, "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,mac="+GuestMAC+",romfile=")
 	}
 	for i, d := range c.Disks {
 		ro := ""

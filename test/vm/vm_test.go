@@ -25,7 +25,7 @@ import (
 
 // guestModules are the modules the tests need: virtio-serial for the agent
 // port, virtio-blk for disks, ext4 (built into Debian's cloud kernel).
-var guestModules = []string{"virtio_pci", "virtio_console", "virtio_blk", "ext4"}
+var guestModules = []string{"virtio_pci", "virtio_console", "virtio_blk", "ext4", "virtio_net", "overlay"}
 
 // Time limits. A boot under TCG answers its first rpc in ~3 s; the limits
 // leave room for a loaded machine.
@@ -189,7 +189,12 @@ func bootWith(t testing.TB, e *env, extra string, disks ...Disk) *VM {
 
 func bootInitrd(t testing.TB, e *env, initrd, extra string, disks ...Disk) *VM {
 	t.Helper()
-	v, err := Start(Config{Kernel: e.kernel.Image, Initrd: initrd, Append: strings.TrimSpace(e.cmdline() + " " + extra), Dir: vmDir(t), Disks: disks})
+	return bootConfig(t, Config{Kernel: e.kernel.Image, Initrd: initrd, Append: strings.TrimSpace(e.cmdline() + " " + extra), Dir: vmDir(t), Disks: disks})
+}
+
+func bootConfig(t testing.TB, c Config) *VM {
+	t.Helper()
+	v, err := Start(c)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,90 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cova-project/cova/agent/policy"
+	pb "github.com/cova-project/cova/protocols/grpc"
+	"github.com/cova-project/cova/protocols/types"
+	"github.com/cova-project/cova/test/regtest"
+)
+
+// TestGuestPullFromHostRegistry is the CoCo guest-pull flow in a real guest:
+// the host pushes busybox to its local registry; initdata's cdh.toml tells
+// the agent that registry (reached at 10.0.2.2 through QEMU user networking)
+// is plain HTTP; the harness configures the guest NIC and route with the
+// agent's network rpcs as the shim does, then creates a container whose
+// rootfs is an image_guest_pull storage. The agent pulls, verifies and
+// unpacks the image inside the guest and runs it.
+func TestGuestPullFromHostRegistry(t *testing.T) {
+	t.Parallel()
+	e := needEnv(t)
+	regtest.Require(t, "docker-registry", "umoci", "skopeo")
+	reg := regtest.Start(t)
+	l := regtest.NewLayout(t, "latest")
+	l.Insert(e.busybox, "/bin/busybox")
+	tree := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(tree, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"sh", "echo", "cat", "uname"} {
+		if err := os.Symlink("busybox", filepath.Join(tree, "bin", a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Insert(filepath.Join(tree, "bin"), "/bin")
+	l.Push(reg.Host, "test/busybox", "latest")
+	port := reg.Host[strings.LastIndexByte(reg.Host, ':')+1:]
+	guestReg := "10.0.2.2:" + port
+
+	cdh := fmt.Sprintf("[image]\n[[image.registry_config.registry]]\nprefix = %q\ninsecure = true\n", guestReg)
+	doc := "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"cdh.toml\" = '''\n" + cdh + "'''\n\"policy.rego\" = '''\n" + policy.AllowAllPolicy() + "'''\n"
+	disk := Disk{Path: initdataDisk(t, []byte(doc), false), ReadOnly: true, Slot: 3}
+
+	ctx, cancel := context.WithTimeout(context.Background(), scenarioTimeout)
+	defer cancel()
+	v := bootConfig(t, Config{Kernel: e.kernel.Image, Initrd: e.initrd, Append: e.cmdline(), Dir: vmDir(t), Disks: []Disk{disk}, Net: true})
+	a, tm := connect(ctx, t, v)
+	t.Logf("boot: %v", tm)
+
+	// The shim's network setup: NIC by MAC, address, default route.
+	if _, err := a.UpdateInterface(ctx, &pb.UpdateInterfaceRequest{Interface: &types.Interface{
+		HwAddr: GuestMAC, Name: "eth0", Mtu: 1500,
+		IPAddresses: []*types.IPAddress{{Family: types.IPFamily_v4, Address: "10.0.2.15", Mask: "24"}},
+	}}); err != nil {
+		t.Fatalf("UpdateInterface: %v", err)
+	}
+	if _, err := a.UpdateRoutes(ctx, &pb.UpdateRoutesRequest{Routes: &pb.Routes{Routes: []*types.Route{
+		{Dest: "0.0.0.0/0", Gateway: "10.0.2.2", Device: "eth0", Family: types.IPFamily_v4},
+	}}}); err != nil {
+		t.Fatalf("UpdateRoutes: %v", err)
+	}
+
+	const sid = "sandbox-pull"
+	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: sid, Hostname: "cova"}); err != nil {
+		t.Fatalf("CreateSandbox: %v", err)
+	}
+	mp := filepath.Join("/run/kata-containers", sid, "rootfs")
+	storages := []*pb.Storage{{
+		Driver: "image_guest_pull", Source: guestReg + "/test/busybox:latest", Fstype: "overlay", MountPoint: mp,
+		DriverOptions: []string{`image_guest_pull={"metadata":{"io.kubernetes.cri.container-type":"container"}}`},
+	}}
+	spec := containerSpec(mp, "sh", "-c", "echo pulled in the guest; uname -s")
+	spec.Root.Readonly = false
+	start := time.Now()
+	out, errOut, status := runContainer(ctx, t, a, sid, spec, storages)
+	t.Logf("guest pull + container: %v", time.Since(start).Round(time.Millisecond))
+	if out != "pulled in the guest\nLinux\n" || status != 0 {
+		t.Fatalf("container: stdout %q stderr %q status %d", out, errOut, status)
+	}
+	if !strings.Contains(v.Console(), "image pulled") {
+		t.Error("no \"image pulled\" line on the console")
+	}
+	t.Logf("poweroff: QEMU exited %v after DestroySandbox", powerOff(ctx, t, a, v).Round(time.Millisecond))
+}
