@@ -56,10 +56,15 @@ initrd: build ## bin/initrd.img: the agent as /init plus virtio-serial/blk modul
 	eval "$$(bash test/vm/fetch-kernel.sh)" && bin/cova-rootfs build --agent bin/cova-agent --out bin/initrd.img \
 	  --kernel-modules "$$ROOT" --modules virtio_pci,virtio_console,virtio_blk
 
-demo: build ## run a container through the agent (host mode, needs root)
+demo: build ## the confidential pod flow in a QEMU (TCG) guest: initdata, guest pull, policy (root)
+	bash test/vm/deps.sh
+	sh imagepull/testdata/deps.sh >/dev/null
+	set -o pipefail; $(GO) test -count=1 -v -run '^TestDemo$$' ./test/vm/ | sed -n 's/^ *demo_test.go:[0-9]*: //p; /^--- /p; /^FAIL/p'
+
+demo-host: build ## run a busybox container through the agent in host mode (root)
 	bash test/demo.sh
 
 clean: ## remove build outputs
 	rm -rf bin
 
-.PHONY: help build test lint protos check-protos bench size demo clean vm-test bench-boot initrd
+.PHONY: help build test lint protos check-protos bench size demo demo-host clean vm-test bench-boot initrd
