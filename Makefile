@@ -34,6 +34,14 @@ protos: ## regenerate the Go code from protocols/**/*.proto
 check-protos: ## fail if the generated code is stale
 	bash hack/protos.sh --check
 
+FUZZTIME ?= 10s
+fuzz: ## run every fuzz target for FUZZTIME each (seed corpora run in make test anyway)
+	@set -e; grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u | while read -r d; do \
+	  for f in $$(grep -h '^func Fuzz' $$d/*_test.go | sed 's/func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
+	    echo "== $$d $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$d || exit 1; \
+	  done; done
+
 bench: build ## agent benchmarks vs runc (ratios from one run)
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./test/bench/
 
@@ -67,4 +75,4 @@ demo-host: build ## run a busybox container through the agent in host mode (root
 clean: ## remove build outputs
 	rm -rf bin
 
-.PHONY: help build test lint protos check-protos bench size demo demo-host clean vm-test bench-boot initrd
+.PHONY: fuzz help build test lint protos check-protos bench size demo demo-host clean vm-test bench-boot initrd
