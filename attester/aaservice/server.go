@@ -197,6 +197,8 @@ type StartOptions struct {
 	EventLogPath, WALPath string
 	// Addr is where to listen; DefaultAddr when empty.
 	Addr string
+	// Tokens serves GetToken (the KBS client); nil answers UNIMPLEMENTED.
+	Tokens TokenGetter
 	// Logger is discarded when nil.
 	Logger *slog.Logger
 }
@@ -234,6 +236,7 @@ func Start(ctx context.Context, o StartOptions) (*Service, error) {
 	s, err := New(Options{
 		Primary: o.Primary, Additional: o.Additional, EventLog: elog,
 		EventLogEnabled: o.Config.Eventlog.Enable, InitPCR: o.Config.Eventlog.InitPCR, Logger: log,
+		Tokens: o.Tokens,
 	})
 	if err != nil {
 		closeLog()

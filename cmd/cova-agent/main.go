@@ -38,6 +38,7 @@ import (
 	"github.com/cova-project/cova/agent/transport"
 	"github.com/cova-project/cova/attester/aaservice"
 	"github.com/cova-project/cova/attester/initdata"
+	"github.com/cova-project/cova/cdh/kbs"
 	"github.com/cova-project/cova/imagepull"
 	"github.com/cova-project/cova/imagepull/registry"
 	"github.com/cova-project/cova/mount"
@@ -217,6 +218,7 @@ func run(start time.Time) error {
 	}
 	aaOpts := aaservice.StartOptions{Primary: primary, Additional: additional, Logger: base.With("component", "aa")}
 	initdataPolicy, cdhTOML := "", ""
+	var initdataTOML []byte
 	if vm {
 		id, err := initdata.Load(ctx, initdata.Options{Attester: primary, Logger: base.With("component", "initdata")})
 		if err != nil {
@@ -231,10 +233,26 @@ func run(start time.Time) error {
 			initdataPolicy = p
 		}
 		cdhTOML, _ = id.CDHConfig()
+		if id != nil {
+			initdataTOML = id.TOML
+		}
 	} else {
 		aaOpts.Addr = "unix://" + filepath.Join(stateRoot, "attestation-agent", "attestation-agent.sock")
 		aaOpts.EventLogPath = filepath.Join(stateRoot, "attestation-agent", "eventlog")
 		aaOpts.WALPath = filepath.Join(stateRoot, "attestation-agent", ".wal_event_entry")
+	}
+	if k := aaOpts.Config.TokenConfigs.KBS; k != nil && k.URL != "" {
+		// GetToken: attest to the KBS named by aa.toml (measured: it comes
+		// from initdata), sending initdata as init-data.
+		kc, err := kbs.New(kbs.Config{
+			URL: k.URL, ExtraRootCAs: k.Cert, KeyAlgorithm: kbs.KeyAlgorithm(k.TEEKeyAlgorithm),
+			Primary: primary, Additional: additional, InitData: initdataTOML,
+			Logger: base.With("component", "kbs"),
+		})
+		if err != nil {
+			return fmt.Errorf("aa.toml [token_configs.kbs]: %w", err)
+		}
+		aaOpts.Tokens = kc
 	}
 	aaSvc, err := aaservice.Start(ctx, aaOpts)
 	if err != nil {
