@@ -16,7 +16,6 @@ import (
 	"github.com/cova-project/cova/agent/policy"
 	pb "github.com/cova-project/cova/protocols/grpc"
 	"github.com/cova-project/cova/protocols/types"
-	"github.com/cova-project/cova/test/regtest"
 )
 
 // TestDemo is `make demo`: the confidential pod flow as far as it exists
@@ -27,7 +26,6 @@ import (
 // image; the policy refuses the host a shell; the VM powers itself off.
 func TestDemo(t *testing.T) {
 	e := needEnv(t)
-	regtest.Require(t, "docker-registry", "umoci", "skopeo")
 	step := func(start time.Time, format string, args ...any) {
 		t.Logf("%-62s %8v", fmt.Sprintf(format, args...), time.Since(start).Round(time.Millisecond))
 	}
@@ -43,22 +41,8 @@ func TestDemo(t *testing.T) {
 	step(t0, "initrd %s (sha256 %s…), kernel %s", filepath.Base(e.initrd), digest(e.initrd), e.kernel.Release)
 
 	t1 := time.Now()
-	reg := regtest.Start(t)
-	l := regtest.NewLayout(t, "latest")
-	l.Insert(e.busybox, "/bin/busybox")
-	tree := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(tree, "bin"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range []string{"sh", "echo", "cat", "uname"} {
-		if err := os.Symlink("busybox", filepath.Join(tree, "bin", a)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	l.Insert(filepath.Join(tree, "bin"), "/bin")
-	l.Push(reg.Host, "demo/busybox", "latest")
-	guestReg := "10.0.2.2:" + reg.Host[strings.LastIndexByte(reg.Host, ':')+1:]
-	step(t1, "local registry %s: pushed demo/busybox:latest", reg.Host)
+	guestReg := pushBusybox(t, e, "demo/busybox")
+	step(t1, "local registry (guest sees %s): pushed demo/busybox:latest", guestReg)
 
 	// The workload's policy: everything but a shell for the host.
 	pol := strings.Replace(policy.AllowAllPolicy(), "default ExecProcessRequest := true", "default ExecProcessRequest := false", 1)

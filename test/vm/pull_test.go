@@ -15,16 +15,11 @@ import (
 	"github.com/cova-project/cova/test/regtest"
 )
 
-// TestGuestPullFromHostRegistry is the CoCo guest-pull flow in a real guest:
-// the host pushes busybox to its local registry; initdata's cdh.toml tells
-// the agent that registry (reached at 10.0.2.2 through QEMU user networking)
-// is plain HTTP; the harness configures the guest NIC and route with the
-// agent's network rpcs as the shim does, then creates a container whose
-// rootfs is an image_guest_pull storage. The agent pulls, verifies and
-// unpacks the image inside the guest and runs it.
-func TestGuestPullFromHostRegistry(t *testing.T) {
-	t.Parallel()
-	e := needEnv(t)
+// pushBusybox starts a local registry, pushes a busybox image as
+// repo:latest and returns the registry's address as the guest sees it
+// (10.0.2.2 through QEMU user networking).
+func pushBusybox(t *testing.T, e *env, repo string) string {
+	t.Helper()
 	regtest.Require(t, "docker-registry", "umoci", "skopeo")
 	reg := regtest.Start(t)
 	l := regtest.NewLayout(t, "latest")
@@ -39,10 +34,21 @@ func TestGuestPullFromHostRegistry(t *testing.T) {
 		}
 	}
 	l.Insert(filepath.Join(tree, "bin"), "/bin")
-	l.Push(reg.Host, "test/busybox", "latest")
-	port := reg.Host[strings.LastIndexByte(reg.Host, ':')+1:]
-	guestReg := "10.0.2.2:" + port
+	l.Push(reg.Host, repo, "latest")
+	return "10.0.2.2:" + reg.Host[strings.LastIndexByte(reg.Host, ':')+1:]
+}
 
+// TestGuestPullFromHostRegistry is the CoCo guest-pull flow in a real guest:
+// the host pushes busybox to its local registry; initdata's cdh.toml tells
+// the agent that registry (reached at 10.0.2.2 through QEMU user networking)
+// is plain HTTP; the harness configures the guest NIC and route with the
+// agent's network rpcs as the shim does, then creates a container whose
+// rootfs is an image_guest_pull storage. The agent pulls, verifies and
+// unpacks the image inside the guest and runs it.
+func TestGuestPullFromHostRegistry(t *testing.T) {
+	t.Parallel()
+	e := needEnv(t)
+	guestReg := pushBusybox(t, e, "test/busybox")
 	cdh := fmt.Sprintf("[image]\n[[image.registry_config.registry]]\nprefix = %q\ninsecure = true\n", guestReg)
 	doc := "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"cdh.toml\" = '''\n" + cdh + "'''\n\"policy.rego\" = '''\n" + policy.AllowAllPolicy() + "'''\n"
 	disk := Disk{Path: initdataDisk(t, []byte(doc), false), ReadOnly: true, Slot: 3}
