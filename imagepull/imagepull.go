@@ -3,12 +3,14 @@
 // (signature policy) judge the manifest before any layer moves, then streams
 // every layer in one pass (fetch, blob digest, decompress, diffID, safe
 // unpack) into a shared layer store, several layers at a time. A layer is
-// committed only after its blob digest and diffID verify; layers already in
-// the store are not fetched again.
+// committed only after its blob digest and diffID (and, for encrypted
+// layers, the HMAC) verify; layers already in the store are not fetched
+// again.
 //
 // Subpackages: reference (names), oci (formats), registry (the distribution
 // API client), unpack (hostile-tar extraction in overlay form), store (layers
-// on disk and overlay root filesystems).
+// on disk and overlay root filesystems), ocicrypt (encrypted layers and
+// their keys), sigpolicy (containers-policy.json signature checks).
 package imagepull
 
 import (
@@ -22,6 +24,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/cova-project/cova/imagepull/oci"
+	"github.com/cova-project/cova/imagepull/ocicrypt"
 	"github.com/cova-project/cova/imagepull/reference"
 	"github.com/cova-project/cova/imagepull/registry"
 	"github.com/cova-project/cova/imagepull/store"
@@ -47,11 +50,24 @@ type ManifestInfo struct {
 	// IndexDigest and IndexBody are set when the reference named an index.
 	IndexDigest oci.Digest
 	IndexBody   []byte
+	// Artifacts reads other objects of the same repository, on the
+	// endpoint that served the manifest (cosign's "sha256-<hex>.sig" tag).
+	// Nil when the manifest did not come from a registry.
+	Artifacts ArtifactSource
+}
+
+// ArtifactSource reads manifests by tag and small blobs from the
+// repository being pulled; *registry.Repo implements it. Everything it
+// returns is size-bounded and digest-checked but otherwise untrusted.
+type ArtifactSource interface {
+	FetchTaggedManifest(ctx context.Context, tag string) (registry.Fetched, error)
+	FetchBlob(ctx context.Context, desc oci.Descriptor, maxSize int64) ([]byte, error)
 }
 
 // KeyProvider unwraps the key of an encrypted layer (ocicrypt): it returns
-// the layer's private options JSON. Encryption is a later slice; Pull
-// refuses encrypted layers with ErrNotImplemented for now.
+// the layer's private options JSON. ocicrypt.JWE (local private keys),
+// ocicrypt.AttestationAgent (CoCo key provider packets, KEK from a
+// ResourceGetter) and ocicrypt.Multi implement it.
 type KeyProvider interface {
 	UnwrapKey(ctx context.Context, layer oci.Descriptor) ([]byte, error)
 }
@@ -138,7 +154,10 @@ type PullOptions struct {
 	Platform *oci.Platform
 	// Verifier, if set, must accept the manifest before layers are fetched.
 	Verifier Verifier
-	// KeyProvider unwraps encrypted layer keys (later slice).
+	// KeyProvider unwraps encrypted layer keys. An image with encrypted
+	// layers and no KeyProvider is refused (ErrFailedPrecondition). Keys
+	// are unwrapped for every encrypted layer, also for layers already in
+	// the store, so that holding the key is always required.
 	KeyProvider KeyProvider
 }
 
@@ -165,7 +184,9 @@ type Image struct {
 type PullStats struct {
 	Duration                    time.Duration
 	LayersFetched, LayersReused int
-	BlobBytes, UnpackedBytes    int64
+	// LayersDecrypted counts the fetched layers that were encrypted.
+	LayersDecrypted          int
+	BlobBytes, UnpackedBytes int64
 }
 
 // Pull pulls ref and takes a reference on each of its layers; call Release
@@ -186,7 +207,7 @@ func (p *Puller) Pull(ctx context.Context, refStr string, opts PullOptions) (*Im
 	if err != nil {
 		return nil, fmt.Errorf("pulling %s: %w", ref, err)
 	}
-	info := ManifestInfo{Reference: ref}
+	info := ManifestInfo{Reference: ref, Artifacts: repo}
 	doc := top
 	var m *oci.Manifest
 	descType := ""
@@ -215,16 +236,14 @@ func (p *Puller) Pull(ctx context.Context, refStr string, opts PullOptions) (*Im
 			return nil, fmt.Errorf("pulling %s: %w", ref, err)
 		}
 	}
-	for i, l := range m.Layers {
-		li, _ := oci.ParseLayerMediaType(l.MediaType)
-		if li.Encrypted {
-			return nil, fmt.Errorf("pulling %s: layer %d is encrypted (%s): %w", ref, i, l.MediaType, errdefs.ErrNotImplemented)
-		}
-	}
 	if opts.Verifier != nil {
 		if err := opts.Verifier.VerifyManifest(ctx, info); err != nil {
 			return nil, fmt.Errorf("pulling %s: image refused by policy: %w", ref, err)
 		}
+	}
+	ciphers, err := p.unwrapKeys(ctx, m.Layers, opts.KeyProvider)
+	if err != nil {
+		return nil, fmt.Errorf("pulling %s: %w", ref, err)
 	}
 	rawCfg, err := repo.FetchBlob(ctx, m.Config, oci.MaxConfigBytes)
 	if err != nil {
@@ -239,7 +258,7 @@ func (p *Puller) Pull(ctx context.Context, refStr string, opts PullOptions) (*Im
 		ConfigDigest: m.Config.Digest, Config: cfg, RawConfig: rawCfg,
 		Layers: make([]string, len(m.Layers)), DiffIDs: cfg.RootFS.DiffIDs,
 	}
-	if err := p.pullLayers(ctx, repo, m.Layers, img, log); err != nil {
+	if err := p.pullLayers(ctx, repo, m.Layers, ciphers, img, log); err != nil {
 		return nil, fmt.Errorf("pulling %s: %w", ref, err)
 	}
 	img.Stats.Duration = time.Since(start)
@@ -252,7 +271,7 @@ func (p *Puller) Pull(ctx context.Context, refStr string, opts PullOptions) (*Im
 
 // pullLayers acquires every layer, MaxConcurrentLayers at a time. On error
 // the references already taken are dropped.
-func (p *Puller) pullLayers(ctx context.Context, repo *registry.Repo, layers []oci.Descriptor, img *Image, log *slog.Logger) error {
+func (p *Puller) pullLayers(ctx context.Context, repo *registry.Repo, layers []oci.Descriptor, ciphers []*ocicrypt.Layer, img *Image, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sem := make(chan struct{}, p.cfg.MaxConcurrentLayers)
@@ -278,7 +297,7 @@ func (p *Puller) pullLayers(ctx context.Context, repo *registry.Repo, layers []o
 			var ls layerStats
 			dir, cached, err := p.store.Acquire(ctx, diffID, func(ctx context.Context, staging string) error {
 				var err error
-				ls, err = p.fetchLayer(ctx, repo, desc, diffID, staging, log)
+				ls, err = p.fetchLayer(ctx, repo, desc, diffID, ciphers[i], staging, log)
 				return err
 			})
 			mu.Lock()
@@ -295,6 +314,9 @@ func (p *Puller) pullLayers(ctx context.Context, repo *registry.Repo, layers []o
 				return
 			}
 			img.Stats.LayersFetched++
+			if ciphers[i] != nil {
+				img.Stats.LayersDecrypted++
+			}
 			img.Stats.BlobBytes += ls.blobBytes
 			img.Stats.UnpackedBytes += ls.unpacked.Bytes
 		}()
@@ -314,6 +336,51 @@ func (p *Puller) pullLayers(ctx context.Context, repo *registry.Repo, layers []o
 		return errs[0]
 	}
 	return nil
+}
+
+// unwrapKeys gets the key of every encrypted layer before any layer is
+// fetched (a missing key should not cost a download), a few at a time.
+// The result has one entry per layer, nil for plain ones.
+func (p *Puller) unwrapKeys(ctx context.Context, layers []oci.Descriptor, kp KeyProvider) ([]*ocicrypt.Layer, error) {
+	ciphers := make([]*ocicrypt.Layer, len(layers))
+	var idx []int
+	for i, l := range layers {
+		if li, _ := oci.ParseLayerMediaType(l.MediaType); li.Encrypted {
+			idx = append(idx, i)
+		}
+	}
+	if len(idx) == 0 {
+		return ciphers, nil
+	}
+	if kp == nil {
+		return nil, fmt.Errorf("layer %d is encrypted (%s) and no key provider is configured: %w", idx[0], layers[idx[0]].MediaType, errdefs.ErrFailedPrecondition)
+	}
+	errs := make([]error, len(layers))
+	sem := make(chan struct{}, p.cfg.MaxConcurrentLayers)
+	var wg sync.WaitGroup
+	for _, i := range idx {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			opts, err := kp.UnwrapKey(ctx, layers[i])
+			if err != nil {
+				errs[i] = fmt.Errorf("layer %d (%s): unwrapping its key: %w", i, layers[i].Digest, err)
+				return
+			}
+			if ciphers[i], err = ocicrypt.Prepare(layers[i], opts); err != nil {
+				errs[i] = fmt.Errorf("layer %d: %w", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return ciphers, nil
 }
 
 // Release drops the image's references on its layers; unreferenced layers

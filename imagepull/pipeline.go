@@ -14,6 +14,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/cova-project/cova/imagepull/oci"
+	"github.com/cova-project/cova/imagepull/ocicrypt"
 	"github.com/cova-project/cova/imagepull/registry"
 	"github.com/cova-project/cova/imagepull/unpack"
 )
@@ -29,10 +30,13 @@ var (
 )
 
 // fetchLayer is the one-pass pipeline for one layer:
-// registry body → blob digest → decompress → diffID digest → unpack into
-// staging. It returns nil only when the blob digest (checked by the blob
-// reader at EOF) and the diffID both match.
-func (p *Puller) fetchLayer(ctx context.Context, repo *registry.Repo, desc oci.Descriptor, diffID oci.Digest, staging string, log *slog.Logger) (layerStats, error) {
+// registry body → blob digest → (decrypt + HMAC) → decompress → diffID
+// digest → unpack into staging. It returns nil only when the blob digest
+// (checked by the blob reader at EOF), the HMAC of an encrypted layer
+// (checked by the decrypting reader at EOF) and the diffID all match.
+// Until then what was unpacked is unauthenticated and stays in staging,
+// which the store removes on error.
+func (p *Puller) fetchLayer(ctx context.Context, repo *registry.Repo, desc oci.Descriptor, diffID oci.Digest, crypt *ocicrypt.Layer, staging string, log *slog.Logger) (layerStats, error) {
 	start := time.Now()
 	var st layerStats
 	// Cancelled first on return, so that closing the pipe never waits on
@@ -45,7 +49,19 @@ func (p *Puller) fetchLayer(ctx context.Context, repo *registry.Repo, desc oci.D
 	}
 	defer blob.Close()
 	counted := &countReader{r: blob}
-	br := bufio.NewReaderSize(counted, 256<<10)
+	var src io.Reader = counted
+	if crypt != nil {
+		src = crypt.NewReader(counted)
+	}
+	// The network read, the blob digest and decryption run in a goroutine
+	// of their own, ahead of decompression: on two cores the hashing and
+	// the cipher then overlap with inflating.
+	fetch := newChunkPipe(ctx, src, 4, 256<<10, nil)
+	defer func() {
+		cancel()
+		fetch.Close()
+	}()
+	br := bufio.NewReaderSize(fetch, 256<<10)
 
 	// The bytes decide the format; the diffID check backs whichever it is.
 	magic, _ := br.Peek(4)
@@ -77,11 +93,10 @@ func (p *Puller) fetchLayer(ctx context.Context, repo *registry.Repo, desc oci.D
 		log.Debug("layer compression differs from its media type", "digest", desc.Digest.String(), "mediaType", desc.MediaType, "found", comp.String())
 	}
 
-	// Decompression (with the network read and the blob digest) runs in
-	// its own goroutine, unpacking (with the diffID digest) in this one,
-	// joined by a few fixed buffers: two cores work on one layer, and
-	// memory stays bounded.
-	pipe := newChunkPipe(ctx, dec, 4, 256<<10)
+	// Decompression runs in its own goroutine, unpacking (with the diffID
+	// digest) in this one, joined by a few fixed buffers: the cores work
+	// on one layer together, and memory stays bounded.
+	pipe := newChunkPipe(ctx, dec, 4, 256<<10, decodeErr)
 	defer func() {
 		cancel()
 		pipe.Close()
@@ -105,7 +120,8 @@ func (p *Puller) fetchLayer(ctx context.Context, repo *registry.Repo, desc oci.D
 	if n > trailer {
 		return st, fmt.Errorf("more than %d bytes after the end of the archive: %w", trailer, unpack.ErrInvalidArchive)
 	}
-	// Reading the blob to EOF makes the blob reader check the digest.
+	// Reading the blob to EOF makes the blob reader check the digest and
+	// the decrypting reader the HMAC.
 	pipe.Close()
 	if _, err := io.Copy(io.Discard, br); err != nil {
 		return st, err
@@ -115,7 +131,7 @@ func (p *Puller) fetchLayer(ctx context.Context, repo *registry.Repo, desc oci.D
 	}
 	st.blobBytes = counted.n
 	secs := time.Since(start).Seconds()
-	log.Info("layer pulled", "digest", desc.Digest.String(), "compression", comp.String(), "blob_bytes", counted.n,
+	log.Info("layer pulled", "digest", desc.Digest.String(), "compression", comp.String(), "encrypted", crypt != nil, "blob_bytes", counted.n,
 		"unpacked_bytes", st.unpacked.Bytes, "entries", st.unpacked.Entries, "seconds", secs)
 	return st, nil
 }
@@ -143,7 +159,8 @@ func (c *countReader) Read(p []byte) (int, error) {
 }
 
 // chunkPipe moves data from a producer goroutine reading src to the
-// consumer through a fixed set of buffers.
+// consumer through a fixed set of buffers. wrapErr, if set, classifies the
+// producer's errors other than io.EOF.
 type chunkPipe struct {
 	full  chan []byte // filled buffers, in order
 	free  chan []byte // buffers to refill
@@ -156,7 +173,7 @@ type chunkPipe struct {
 	ended chan struct{}
 }
 
-func newChunkPipe(ctx context.Context, src io.Reader, n, size int) *chunkPipe {
+func newChunkPipe(ctx context.Context, src io.Reader, n, size int, wrapErr func(error) error) *chunkPipe {
 	p := &chunkPipe{
 		full: make(chan []byte, n), free: make(chan []byte, n),
 		done: make(chan struct{}), errc: make(chan error, 1), ended: make(chan struct{}),
@@ -189,8 +206,8 @@ func newChunkPipe(ctx context.Context, src io.Reader, n, size int) *chunkPipe {
 				if err == io.ErrUnexpectedEOF {
 					err = io.EOF
 				}
-				if err != io.EOF {
-					err = decodeErr(err)
+				if err != io.EOF && wrapErr != nil {
+					err = wrapErr(err)
 				}
 				p.errc <- err
 				close(p.full)

@@ -276,8 +276,8 @@ func TestPullHostileImages(t *testing.T) {
 		{name: "many empty gzip members", layers: []regtest.Layer{{Blob: emptyMembers.blob, MediaType: oci.MediaTypeOCILayerGzip, DiffID: emptyMembers.diffID}}},
 		{name: "garbage after the gzip stream", layers: []regtest.Layer{{Blob: trailing.blob, MediaType: oci.MediaTypeOCILayerGzip, DiffID: trailing.diffID}},
 			wantErr: unpack.ErrInvalidArchive},
-		{name: "encrypted layer", layers: []regtest.Layer{{Blob: good.blob, MediaType: oci.MediaTypeOCILayerGzip + "+encrypted", DiffID: good.diffID}},
-			wantErr: errdefs.ErrNotImplemented},
+		{name: "encrypted layer without a key provider", layers: []regtest.Layer{{Blob: good.blob, MediaType: oci.MediaTypeOCILayerGzip + "+encrypted", DiffID: good.diffID}},
+			wantErr: errdefs.ErrFailedPrecondition},
 		{name: "hostile tar", layers: []regtest.Layer{tarLayer(t, symlink("/etc", "e"), file("e/passwd", "x"))},
 			wantErr: unpack.ErrInvalidArchive},
 		{name: "second layer breaks and the first is released", layers: []regtest.Layer{

@@ -127,6 +127,9 @@ func (r Reference) Object() string {
 	return r.Tag
 }
 
+// ValidTag reports whether t is a valid tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`).
+func ValidTag(t string) bool { return validTag(t) }
+
 func validTag(t string) bool {
 	if len(t) == 0 || len(t) > maxTagLen {
 		return false

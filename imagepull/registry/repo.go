@@ -172,6 +172,15 @@ func (r *Repo) FetchManifest(ctx context.Context, d oci.Digest) (Fetched, error)
 	return r.fetchManifest(ctx, d.String(), d)
 }
 
+// FetchTaggedManifest fetches the manifest tagged tag from r (e.g. a
+// cosign signature, "sha256-<hex>.sig"). A missing tag is ErrNotFound.
+func (r *Repo) FetchTaggedManifest(ctx context.Context, tag string) (Fetched, error) {
+	if !reference.ValidTag(tag) {
+		return Fetched{}, fmt.Errorf("tag %q: invalid: %w", clipS(tag), errdefs.ErrInvalidArgument)
+	}
+	return r.fetchManifest(ctx, tag, oci.Digest{})
+}
+
 func (r *Repo) fetchManifest(ctx context.Context, object string, pinned oci.Digest) (Fetched, error) {
 	hdr := http.Header{"Accept": {oci.ManifestAccept}}
 	resp, err := r.get(ctx, kindManifest, r.url("manifests", object), hdr)

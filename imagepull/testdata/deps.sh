@@ -1,10 +1,11 @@
 #!/bin/sh
 # Installs what the imagepull tests use: a registry, skopeo and umoci to build
-# and push images, and a static busybox to put in them. Idempotent: installs
-# only the packages that are missing.
+# and push images, a static busybox to put in them, openssl for the keys of
+# encrypted images and gnupg for GPG-signed ones. Idempotent: installs only
+# the packages that are missing.
 set -eu
 need=""
-for pkg in docker-registry skopeo umoci busybox-static; do
+for pkg in docker-registry skopeo umoci busybox-static openssl gnupg; do
 	if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
 		need="$need $pkg"
 	fi
