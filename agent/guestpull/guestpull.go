@@ -43,6 +43,7 @@ type Driver struct {
 	log     *slog.Logger
 
 	self string // this binary, served as /pause
+	opts func(ctx context.Context) (imagepull.PullOptions, error)
 
 	mu      sync.Mutex
 	mounted map[string]*pulled // by mount point
@@ -60,7 +61,16 @@ func New(p *imagepull.Puller, measure MeasureFunc, self string, log *slog.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Driver{puller: p, measure: measure, self: self, log: log, mounted: map[string]*pulled{}}
+	return &Driver{puller: p, measure: measure, self: self, log: log, mounted: map[string]*pulled{},
+		opts: func(context.Context) (imagepull.PullOptions, error) { return imagepull.PullOptions{}, nil }}
+}
+
+// WithPullOptions sets how each pull gets its signature verifier and layer
+// key provider (called per pull, so a policy behind the KBS is fetched when
+// first needed, not at boot). An error fails the pull.
+func (d *Driver) WithPullOptions(f func(ctx context.Context) (imagepull.PullOptions, error)) *Driver {
+	d.opts = f
+	return d
 }
 
 // metadata is the JSON Kata puts in the driver option; only the container
@@ -113,7 +123,11 @@ func (d *Driver) Setup(ctx context.Context, id string, s mount.Storage) (retErr 
 		return invalid("source", "%q is not an image reference: %v", s.Source, err)
 	}
 	start := time.Now()
-	img, err := d.puller.Pull(ctx, s.Source, imagepull.PullOptions{})
+	po, err := d.opts(ctx)
+	if err != nil {
+		return fmt.Errorf("image pull settings: %w", err)
+	}
+	img, err := d.puller.Pull(ctx, s.Source, po)
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", s.Source, err)
 	}

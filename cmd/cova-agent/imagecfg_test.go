@@ -1,6 +1,9 @@
 package main
 
 import (
+	"context"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/cova-project/cova/imagepull"
@@ -43,3 +46,62 @@ location = "mirror.example:5000"
 		}
 	}
 }
+
+func TestPullOptionsFromCDH(t *testing.T) {
+	ctx := context.Background()
+	// No policy and no KBS: plain pulls, no key provider.
+	ip, err := parseImagePolicy("[image]\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	po, err := pullOptions(ip, nil, nil)(ctx)
+	if err != nil || po.Verifier != nil || po.KeyProvider != nil {
+		t.Fatalf("no policy: %+v %v", po, err)
+	}
+	// An inline policy becomes the verifier; a KBS gives the key provider.
+	ip, err = parseImagePolicy(`[image]
+image_security_policy = '{"default":[{"type":"reject"}]}'
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	po, err = pullOptions(ip, fakeResources{}, nil)(ctx)
+	if err != nil || po.Verifier == nil || po.KeyProvider == nil {
+		t.Fatalf("inline policy: %+v %v", po, err)
+	}
+	// The URI wins over the inline policy; a missing file fails the pull.
+	ip, err = parseImagePolicy(`[image]
+image_security_policy_uri = "file:///nonexistent/policy.json"
+image_security_policy = '{"default":[{"type":"insecureAcceptAnything"}]}'
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pullOptions(ip, nil, nil)(ctx); err == nil {
+		t.Fatal("a policy URI that cannot be read was ignored")
+	}
+	dir := t.TempDir()
+	p := filepath.Join(dir, "policy.json")
+	if err := os.WriteFile(p, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ip, _ = parseImagePolicy("[image]\nimage_security_policy_uri = \"file://" + p + "\"\n")
+	f := pullOptions(ip, nil, nil)
+	a, err := f(ctx)
+	if err != nil || a.Verifier == nil {
+		t.Fatalf("file policy: %v", err)
+	}
+	b, _ := f(ctx)
+	if a.Verifier != b.Verifier {
+		t.Fatal("the policy is loaded again for every pull")
+	}
+	// A policy that does not parse is an error, not an open door.
+	ip, _ = parseImagePolicy("[image]\nimage_security_policy = '{\"default\":[]}'\n")
+	if _, err := pullOptions(ip, nil, nil)(ctx); err == nil {
+		t.Fatal("an empty requirement list was accepted")
+	}
+}
+
+type fakeResources struct{}
+
+func (fakeResources) GetResource(context.Context, string) ([]byte, error) { return nil, nil }

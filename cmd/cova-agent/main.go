@@ -219,6 +219,7 @@ func run(start time.Time) error {
 	aaOpts := aaservice.StartOptions{Primary: primary, Additional: additional, Logger: base.With("component", "aa")}
 	initdataPolicy, cdhTOML := "", ""
 	var initdataTOML []byte
+	var resources imagepull.ResourceGetter // the KBS, when aa.toml names one
 	if vm {
 		id, err := initdata.Load(ctx, initdata.Options{Attester: primary, Logger: base.With("component", "initdata")})
 		if err != nil {
@@ -253,6 +254,7 @@ func run(start time.Time) error {
 			return fmt.Errorf("aa.toml [token_configs.kbs]: %w", err)
 		}
 		aaOpts.Tokens = kc
+		resources = kbsResources{kc}
 	}
 	aaSvc, err := aaservice.Start(ctx, aaOpts)
 	if err != nil {
@@ -274,7 +276,12 @@ func run(start time.Time) error {
 	if err != nil {
 		return fmt.Errorf("find the agent binary: %w", err)
 	}
-	pullDriver := guestpull.New(puller, measure, self, base.With("component", "guestpull"))
+	ip, err := parseImagePolicy(cdhTOML)
+	if err != nil {
+		return fmt.Errorf("initdata: %w", err)
+	}
+	pullDriver := guestpull.New(puller, measure, self, base.With("component", "guestpull")).
+		WithPullOptions(pullOptions(ip, resources, base.With("component", "sigpolicy")))
 	a, err := buildAgent(base, cfg, vm, stateRoot, kataRoot, onceErr(cgroupsReady), gate,
 		func(ctx context.Context, op, content string) error {
 			return measure(ctx, agent.MeasurementDomain, op, content)
@@ -470,6 +477,13 @@ func newPuller(log *slog.Logger, kataRoot string, insecure []string, cdhTOML str
 		}
 	}
 	return imagepull.New(cfg)
+}
+
+// kbsResources adapts the KBS client to imagepull's ResourceGetter.
+type kbsResources struct{ c *kbs.Client }
+
+func (k kbsResources) GetResource(ctx context.Context, uri string) ([]byte, error) {
+	return k.c.Resource(ctx, uri)
 }
 
 // onceErr turns a channel that delivers one error into a function every
