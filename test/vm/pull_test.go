@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cova-project/cova/agent/ocispec"
 	"github.com/cova-project/cova/agent/policy"
 	pb "github.com/cova-project/cova/protocols/grpc"
 	"github.com/cova-project/cova/protocols/types"
@@ -93,4 +94,50 @@ func TestGuestPullFromHostRegistry(t *testing.T) {
 		t.Error("no \"image pulled\" line on the console")
 	}
 	t.Logf("poweroff: QEMU exited %v after DestroySandbox", powerOff(ctx, t, a, v).Round(time.Millisecond))
+}
+
+// TestGuestPullRefusedBySignaturePolicy: initdata's cdh.toml carries an
+// image security policy that rejects everything; the guest refuses the
+// image before it fetches any layer, and the container is not created.
+func TestGuestPullRefusedBySignaturePolicy(t *testing.T) {
+	t.Parallel()
+	e := needEnv(t)
+	guestReg := pushBusybox(t, e, "test/busybox")
+	cdh := fmt.Sprintf("[image]\nimage_security_policy = '{\"default\":[{\"type\":\"reject\"}]}'\n[[image.registry_config.registry]]\nprefix = %q\ninsecure = true\n", guestReg)
+	doc := "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"cdh.toml\" = '''\n" + cdh + "'''\n\"policy.rego\" = '''\n" + policy.AllowAllPolicy() + "'''\n"
+	disk := Disk{Path: initdataDisk(t, []byte(doc), false), ReadOnly: true, Slot: 3}
+	ctx, cancel := context.WithTimeout(context.Background(), scenarioTimeout)
+	defer cancel()
+	v := bootConfig(t, Config{Kernel: e.kernel.Image, Initrd: e.initrd, Append: e.cmdline(), Dir: vmDir(t), Disks: []Disk{disk}, Net: true})
+	a, _ := connect(ctx, t, v)
+	if _, err := a.UpdateInterface(ctx, &pb.UpdateInterfaceRequest{Interface: &types.Interface{
+		HwAddr: GuestMAC, Name: "eth0", IPAddresses: []*types.IPAddress{{Family: types.IPFamily_v4, Address: "10.0.2.15", Mask: "24"}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.UpdateRoutes(ctx, &pb.UpdateRoutesRequest{Routes: &pb.Routes{Routes: []*types.Route{
+		{Dest: "0.0.0.0/0", Gateway: "10.0.2.2", Device: "eth0", Family: types.IPFamily_v4},
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	const sid = "sandbox-reject"
+	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: sid}); err != nil {
+		t.Fatal(err)
+	}
+	mp := filepath.Join("/run/kata-containers", sid, "rootfs")
+	w, err := ocispec.FromSpec(containerSpec(mp, "true"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: sid, ExecId: sid, OCI: w, Storages: []*pb.Storage{{
+		Driver: "image_guest_pull", Source: guestReg + "/test/busybox:latest", Fstype: "overlay", MountPoint: mp,
+	}}})
+	if err == nil || !strings.Contains(err.Error(), "reject") {
+		t.Fatalf("CreateContainer under a reject-all image policy: %v", err)
+	}
+	t.Logf("refused: %v", err)
+	if strings.Contains(v.Console(), `"msg":"layer pulled"`) {
+		t.Error("a layer was pulled before the policy decided")
+	}
+	powerOff(ctx, t, a, v)
 }
