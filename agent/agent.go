@@ -103,6 +103,10 @@ type Options struct {
 	// ExtendRuntimeMeasurement) before a container or exec starts; an error
 	// fails the rpc, so nothing runs unmeasured.
 	Measure func(ctx context.Context, operation, content string) error
+	// Unseal, when set, turns a sealed secret ("sealed.…") into its
+	// plaintext (the CDH). Env values of containers and execs that are sealed
+	// are unsealed before anything starts; a failure fails the rpc.
+	Unseal func(ctx context.Context, sealed string) ([]byte, error)
 	// ExecGrace is how long an exited exec's unread output is kept after
 	// WaitProcess (default 5 s).
 	ExecGrace time.Duration

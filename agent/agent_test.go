@@ -105,7 +105,7 @@ func newEnvWith(t *testing.T, tweak func(*agent.Options)) *env {
 	}
 	o := agent.Options{
 		Logger: log, Root: kroot, Containers: cm, Storage: sm, Copier: cp,
-		CgroupParent: "cova-test/" + filepath.Base(dir), ExecGrace: 100 * time.Millisecond,
+		CgroupParent: "cova-test/" + strings.ReplaceAll(t.Name(), "/", "_") + "-" + filepath.Base(dir), ExecGrace: 100 * time.Millisecond,
 	}
 	tweak(&o)
 	a, err := agent.New(o)

@@ -99,6 +99,9 @@ func (s *service) ExecProcess(ctx context.Context, r *pb.ExecProcessRequest) (*e
 	if err != nil {
 		return nil, err
 	}
+	if err := s.a.unsealEnv(ctx, "process.Env", ps.Env); err != nil {
+		return nil, err
+	}
 	if err := s.a.measureProcess(ctx, "ExecProcess", r.ContainerId, r.ExecId, "", ps); err != nil {
 		return nil, err
 	}
