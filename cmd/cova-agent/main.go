@@ -39,6 +39,7 @@ import (
 	"github.com/cova-project/cova/attester/aaservice"
 	"github.com/cova-project/cova/attester/initdata"
 	"github.com/cova-project/cova/cdh/kbs"
+	"github.com/cova-project/cova/cdh/sealed"
 	"github.com/cova-project/cova/imagepull"
 	"github.com/cova-project/cova/imagepull/registry"
 	"github.com/cova-project/cova/mount"
@@ -282,11 +283,19 @@ func run(start time.Time) error {
 	}
 	pullDriver := guestpull.New(puller, measure, self, base.With("component", "guestpull")).
 		WithPullOptions(pullOptions(ip, resources, base.With("component", "sigpolicy")))
+	var unseal func(context.Context, string) ([]byte, error)
+	if resources != nil {
+		// Sealed secrets: signatures verified with keys from the KBS (the
+		// skip switch would have to come from measured cdh.toml; it is not
+		// offered yet).
+		u := &sealed.Unsealer{Resources: resources, Logger: base.With("component", "sealed")}
+		unseal = u.Unseal
+	}
 	a, err := buildAgent(base, cfg, vm, stateRoot, kataRoot, onceErr(cgroupsReady), gate,
 		func(ctx context.Context, op, content string) error {
 			return measure(ctx, agent.MeasurementDomain, op, content)
 		},
-		map[string]mount.Driver{guestpull.DriverName: pullDriver})
+		map[string]mount.Driver{guestpull.DriverName: pullDriver}, unseal)
 	if err != nil {
 		return err
 	}
@@ -353,7 +362,8 @@ func run(start time.Time) error {
 
 // buildAgent wires the rooms; base carries no component attribute, each room
 // adds its own.
-func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string, ready func(context.Context) error, gate agent.Gate, measure func(context.Context, string, string) error, drivers map[string]mount.Driver) (*agent.Agent, error) {
+func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string, ready func(context.Context) error, gate agent.Gate, measure func(context.Context, string, string) error, drivers map[string]mount.Driver,
+	unseal func(context.Context, string) ([]byte, error)) (*agent.Agent, error) {
 	log := base.With("component", "agent")
 	cm, err := container.New(container.Options{
 		StateRoot:   filepath.Join(stateRoot, "containers"),
@@ -390,6 +400,7 @@ func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRo
 		Ready:      ready,
 		Gate:       gate,
 		Measure:    measure,
+		Unseal:     unseal,
 	}
 	if vm {
 		o.Network = network.New(nil, base.With("component", "network"))
