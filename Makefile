@@ -45,6 +45,10 @@ fuzz: ## run every fuzz target for FUZZTIME each (seed corpora run in make test 
 bench: build ## agent benchmarks vs runc (ratios from one run)
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./test/bench/
 
+bench-pull: ## guest pull vs skopeo+umoci, the inflate+sha256 floor, encrypted vs plain (ratios, one run)
+	sh imagepull/testdata/deps.sh >/dev/null
+	$(GO) test -count=1 -run '^$$' -bench 'BenchmarkPull' -benchtime 2x ./imagepull/
+
 size: ## stripped static binary size, and each direct dependency's share
 	@$(MAKE) --no-print-directory build >/dev/null
 	@ls -l bin/cova-agent | awk '{printf "bin/cova-agent: %.2f MB\n", $$5/1e6}'
@@ -75,4 +79,4 @@ demo-host: build ## run a busybox container through the agent in host mode (root
 clean: ## remove build outputs
 	rm -rf bin
 
-.PHONY: fuzz help build test lint protos check-protos bench size demo demo-host clean vm-test bench-boot initrd
+.PHONY: bench-pull fuzz help build test lint protos check-protos bench size demo demo-host clean vm-test bench-boot initrd
