@@ -50,6 +50,9 @@ func (a *Agent) createContainer(ctx context.Context, r *pb.CreateContainerReques
 	if err := a.unsealEnv(ctx, "OCI.Process.Env", spec.Process.Env); err != nil {
 		return err
 	}
+	if err := a.unsealMounts(ctx, spec); err != nil {
+		return err
+	}
 	isPause := r.ContainerId == sb.id
 	if err := a.setNamespaces(sb, spec, isPause, r.SandboxPidns); err != nil {
 		return err
