@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"golang.org/x/term"
 	"google.golang.org/grpc/codes"
@@ -43,6 +44,11 @@ const (
 )
 
 func main() {
+	// The ttrpc client logs (through containerd/log) when an answer arrives
+	// for a call this CLI already abandoned, e.g. a stream read cancelled
+	// after the process exited. That is expected here and must not mix into
+	// the container's stderr.
+	log.L.Logger.SetOutput(io.Discard)
 	a := &app{
 		stdin:   os.Stdin,
 		stdout:  os.Stdout,
