@@ -1,26 +1,22 @@
 package aa_test
 
 import (
-	"bufio"
 	"context"
-	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/cova-project/cova/protocols/aa"
+	"github.com/cova-project/cova/protocols/internal/wirefacts"
 )
 
 // goldenPath is the fact table dumped from guest-components'
-// attestation-agent.proto; see wireFacts for the line format.
+// attestation-agent.proto; see wirefacts.Facts for the line format.
 var goldenPath = filepath.Join("testdata", "aa-wire.txt")
 
 // The ttrpc glue must exist with these names.
@@ -29,117 +25,11 @@ var (
 	_ = aa.NewAttestationAgentServiceClient
 )
 
-// wireFacts lists, sorted, everything in files that decides what goes on the
-// wire: message and field names, field numbers, labels, types, oneofs, enum
-// values, and each rpc's request and response. File names and Go options are
-// left out: they differ from upstream. Same format as
-// protocols/grpc/wire_test.go.
-func wireFacts(files ...protoreflect.FileDescriptor) []string {
-	var out []string
-	var msgs func(protoreflect.MessageDescriptors)
-	var enums func(protoreflect.EnumDescriptors)
-	typeName := func(f protoreflect.FieldDescriptor) string {
-		switch f.Kind() {
-		case protoreflect.MessageKind, protoreflect.GroupKind:
-			return string(f.Message().FullName())
-		case protoreflect.EnumKind:
-			return string(f.Enum().FullName())
-		default:
-			return f.Kind().String()
-		}
-	}
-	enums = func(es protoreflect.EnumDescriptors) {
-		for i := 0; i < es.Len(); i++ {
-			e := es.Get(i)
-			out = append(out, "enum "+string(e.FullName()))
-			for j := 0; j < e.Values().Len(); j++ {
-				v := e.Values().Get(j)
-				out = append(out, fmt.Sprintf("enumvalue %s.%s %d", e.FullName(), v.Name(), v.Number()))
-			}
-		}
-	}
-	msgs = func(ms protoreflect.MessageDescriptors) {
-		for i := 0; i < ms.Len(); i++ {
-			m := ms.Get(i)
-			if m.IsMapEntry() {
-				continue
-			}
-			out = append(out, "message "+string(m.FullName()))
-			for j := 0; j < m.Fields().Len(); j++ {
-				f := m.Fields().Get(j)
-				var t string
-				switch {
-				case f.IsMap():
-					t = fmt.Sprintf("map<%s,%s>", typeName(f.MapKey()), typeName(f.MapValue()))
-				case f.Cardinality() == protoreflect.Repeated:
-					t = "repeated " + typeName(f)
-				case f.HasOptionalKeyword():
-					t = "optional " + typeName(f)
-				default:
-					t = typeName(f)
-				}
-				if o := f.ContainingOneof(); o != nil && !o.IsSynthetic() {
-					t += " oneof " + string(o.Name())
-				}
-				out = append(out, fmt.Sprintf("%s %d %s", f.FullName(), f.Number(), t))
-			}
-			enums(m.Enums())
-			msgs(m.Messages())
-		}
-	}
-	for _, fd := range files {
-		enums(fd.Enums())
-		msgs(fd.Messages())
-		for i := 0; i < fd.Services().Len(); i++ {
-			s := fd.Services().Get(i)
-			out = append(out, "service "+string(s.FullName()))
-			for j := 0; j < s.Methods().Len(); j++ {
-				m := s.Methods().Get(j)
-				in, res := string(m.Input().FullName()), string(m.Output().FullName())
-				if m.IsStreamingClient() {
-					in = "stream " + in
-				}
-				if m.IsStreamingServer() {
-					res = "stream " + res
-				}
-				out = append(out, fmt.Sprintf("rpc %s/%s %s %s", s.FullName(), m.Name(), in, res))
-			}
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
-func readGolden(t *testing.T) []string {
-	t.Helper()
-	f, err := os.Open(goldenPath)
-	if err != nil {
-		t.Fatalf("opening golden fact table: %v", err)
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		lines = append(lines, line)
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatalf("reading golden fact table: %v", err)
-	}
-	if len(lines) == 0 {
-		t.Fatal("golden fact table is empty")
-	}
-	return lines
-}
-
 // TestWireMatchesGuestComponents checks our descriptors against the facts
 // dumped from upstream: anything missing, different or extra fails.
 func TestWireMatchesGuestComponents(t *testing.T) {
-	golden := readGolden(t)
-	ours := wireFacts(aa.File_aa_attestation_agent_proto)
+	golden := wirefacts.ReadGolden(t, goldenPath)
+	ours := wirefacts.Facts(aa.File_aa_attestation_agent_proto)
 	for _, l := range golden {
 		if !slices.Contains(ours, l) {
 			t.Errorf("missing or different in our proto: %s", l)
@@ -155,7 +45,7 @@ func TestWireMatchesGuestComponents(t *testing.T) {
 // TestWireFactsSeeDifferences guards the comparison: the facts must name
 // field numbers, labels and types, enum values and rpc signatures.
 func TestWireFactsSeeDifferences(t *testing.T) {
-	ours := wireFacts(aa.File_aa_attestation_agent_proto)
+	ours := wirefacts.Facts(aa.File_aa_attestation_agent_proto)
 	for _, line := range []string{
 		"attestation_agent.GetEvidenceRequest.RuntimeData 1 bytes",
 		"attestation_agent.ExtendRuntimeMeasurementRequest.RegisterIndex 4 optional uint64",
