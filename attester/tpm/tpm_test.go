@@ -11,112 +11,39 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
+
+	swtpmtest "github.com/cova-project/cova/test/swtpm"
 
 	"github.com/containerd/errdefs"
 	"github.com/cova-project/cova/attester"
 	"github.com/cova-project/cova/attester/eventlog"
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
 	"github.com/google/go-tpm-tools/quote"
-	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 )
 
-// swtpm is a software TPM started for one test.
+// swtpm is a software TPM started for one test (test/swtpm).
 type swtpm struct {
-	addr string
+	dial swtpmtest.Dialer
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := l.Addr().(*net.TCPAddr).Port
-		l2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+1))
-		l.Close()
-		if err == nil {
-			l2.Close()
-			return p
-		}
-	}
-	t.Fatal("no free port pair")
-	return 0
-}
-
-// startSwtpm starts `swtpm socket` on free loopback ports (ctrl = data+1)
-// with state in a temp dir; it is killed when the test ends.
 func startSwtpm(t testing.TB) *swtpm {
 	t.Helper()
-	bin, err := exec.LookPath("swtpm")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("swtpm not installed (apt-get install swtpm swtpm-tools)")
-		}
-		t.Skip("swtpm not installed (apt-get install swtpm swtpm-tools)")
-	}
-	dir := t.TempDir()
-	for attempt := 0; ; attempt++ {
-		port := freePort(t)
-		cmd := exec.Command(bin, "socket", "--tpm2",
-			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
-			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
-			"--flags", "not-need-init,startup-clear",
-			"--tpmstate", "dir="+dir)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		deadline := time.Now().Add(5 * time.Second)
-		for time.Now().Before(deadline) {
-			select {
-			case err := <-done:
-				if attempt < 3 {
-					goto retry
-				}
-				t.Fatalf("swtpm exited: %v: %s", err, stderr.String())
-			default:
-			}
-			if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
-				c.Close()
-				t.Cleanup(func() {
-					cmd.Process.Kill()
-					<-done
-				})
-				return &swtpm{addr: addr}
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		cmd.Process.Kill()
-		<-done
-		t.Fatalf("swtpm did not listen: %s", stderr.String())
-	retry:
-	}
+	return &swtpm{dial: swtpmtest.Start(t)}
 }
 
 func (s *swtpm) open() (transport.TPMCloser, error) {
-	c, err := net.DialTimeout("tcp", s.addr, 2*time.Second)
+	c, err := s.dial()
 	if err != nil {
 		return nil, err
 	}
-	c.SetDeadline(time.Now().Add(30 * time.Second))
 	return StreamTransport(c), nil
 }
 
-// provisionAK creates an RSA-2048 RSASSA-SHA256 restricted signing key under
-// the endorsement hierarchy and persists it at handle.
+// provisionAK persists the attestation key at handle.
 func (s *swtpm) provisionAK(t testing.TB, handle uint32) {
 	t.Helper()
 	tp, err := s.open()
@@ -124,37 +51,7 @@ func (s *swtpm) provisionAK(t testing.TB, handle uint32) {
 		t.Fatal(err)
 	}
 	defer tp.Close()
-	tmpl := tpm2.TPMTPublic{
-		Type:    tpm2.TPMAlgRSA,
-		NameAlg: tpm2.TPMAlgSHA256,
-		ObjectAttributes: tpm2.TPMAObject{
-			FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true,
-			UserWithAuth: true, Restricted: true, SignEncrypt: true,
-		},
-		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
-			Scheme: tpm2.TPMTRSAScheme{
-				Scheme:  tpm2.TPMAlgRSASSA,
-				Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgRSASSA, &tpm2.TPMSSigSchemeRSASSA{HashAlg: tpm2.TPMAlgSHA256}),
-			},
-			KeyBits: 2048,
-		}),
-		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: make([]byte, 256)}),
-	}
-	cp, err := tpm2.CreatePrimary{
-		PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(nil)},
-		InPublic:      tpm2.New2B(tmpl),
-	}.Execute(tp)
-	if err != nil {
-		t.Fatalf("create AK: %v", err)
-	}
-	defer tpm2.FlushContext{FlushHandle: cp.ObjectHandle}.Execute(tp)
-	if _, err := (tpm2.EvictControl{
-		Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
-		ObjectHandle:     &tpm2.NamedHandle{Handle: cp.ObjectHandle, Name: cp.Name},
-		PersistentHandle: tpm2.TPMHandle(handle),
-	}).Execute(tp); err != nil {
-		t.Fatalf("persist AK: %v", err)
-	}
+	swtpmtest.ProvisionAK(t, tp, handle)
 }
 
 type parsed struct {
