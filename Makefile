@@ -34,6 +34,10 @@ protos: ## regenerate the Go code from protocols/**/*.proto
 check-protos: ## fail if the generated code is stale
 	bash hack/protos.sh --check
 
+SOAK_CYCLES ?= 500
+soak: ## create/start/exec/remove cycles through the agent; fds, goroutines, mounts, cgroups, RSS before/after (root)
+	set -o pipefail; COVA_SOAK_CYCLES=$(SOAK_CYCLES) $(GO) test -count=1 -v -run '^TestSoakContainerCycles$$' ./agent/ | grep -E 'cycles|^--- |^ok|FAIL'
+
 FUZZTIME ?= 10s
 fuzz: ## run every fuzz target for FUZZTIME each (seed corpora run in make test anyway)
 	@set -e; grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u | while read -r d; do \
@@ -79,4 +83,4 @@ demo-host: build ## run a busybox container through the agent in host mode (root
 clean: ## remove build outputs
 	rm -rf bin
 
-.PHONY: bench-pull fuzz help build test lint protos check-protos bench size demo demo-host clean vm-test bench-boot initrd
+.PHONY: bench-pull soak fuzz help build test lint protos check-protos bench size demo demo-host clean vm-test bench-boot initrd
