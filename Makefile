@@ -36,7 +36,7 @@ check-protos: ## fail if the generated code is stale
 
 SOAK_CYCLES ?= 500
 soak: ## create/start/exec/remove cycles through the agent; fds, goroutines, mounts, cgroups, RSS before/after (root)
-	set -o pipefail; COVA_SOAK_CYCLES=$(SOAK_CYCLES) $(GO) test -count=1 -v -run '^TestSoakContainerCycles$$' ./agent/ | grep -E 'cycles|^--- |^ok|FAIL'
+	set -o pipefail; COVA_SOAK_CYCLES=$(SOAK_CYCLES) $(GO) test -count=1 -v -run '^TestSoakContainerCycles$$' ./agent/ | grep -E 'cycle|soak_test|^--- |^ok|FAIL'
 
 FUZZTIME ?= 10s
 fuzz: ## run every fuzz target for FUZZTIME each (seed corpora run in make test anyway)

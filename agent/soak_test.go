@@ -60,7 +60,9 @@ func TestSoakContainerCycles(t *testing.T) {
 	for {
 		fds, gr, mnt, z := countFDs(t), runtime.NumGoroutine(), mounts(t), zombies(t)
 		cg := containerCgroups(t)
-		if fds <= fds0+2 && gr <= gr0+2 && mnt == mnt0 && z == 0 && cg == 0 {
+		// A small fixed bound (lazily opened fds and goroutines of the
+		// runtime and ttrpc), independent of the number of cycles.
+		if fds <= fds0+4 && gr <= gr0+3 && mnt == mnt0 && z == 0 && cg == 0 {
 			t.Logf("%d cycles in %v (%.1f ms each): fds %d->%d, goroutines %d->%d, mounts %d->%d, zombies 0, container cgroups 0, RSS %d->%d kB",
 				n, took.Round(time.Millisecond), float64(took.Milliseconds())/float64(n), fds0, fds, gr0, gr, mnt0, mnt, rss0, rssKB(t))
 			return
