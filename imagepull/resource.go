@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/cova-project/cova/imagepull/internal/textclip"
 )
 
 // DefaultMaxResourceBytes bounds what ReadResource returns when the caller
@@ -71,9 +73,4 @@ func ReadResource(ctx context.Context, g ResourceGetter, uri string, max int64) 
 	return b, nil
 }
 
-func clipStr(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "…"
-	}
-	return s
-}
+func clipStr(s string) string { return textclip.Clip(s, 80) }

@@ -16,6 +16,8 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/cova-project/cova/imagepull/internal/textclip"
 )
 
 // Digest is a validated content digest "algorithm:hex". The zero value is
@@ -138,10 +140,4 @@ func (d *Digest) UnmarshalText(b []byte) error {
 }
 
 // clip shortens untrusted strings before they go into error messages.
-func clip(s string) string {
-	const max = 80
-	if len(s) > max {
-		return s[:max] + "…"
-	}
-	return s
-}
+func clip(s string) string { return textclip.Clip(s, 80) }

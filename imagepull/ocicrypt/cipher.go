@@ -28,6 +28,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/cova-project/cova/imagepull/internal/textclip"
 	"github.com/cova-project/cova/imagepull/oci"
 )
 
@@ -167,10 +168,4 @@ func (d *reader) Read(p []byte) (int, error) {
 }
 
 // clip shortens untrusted strings before they go into error messages.
-func clip(s string) string {
-	const max = 80
-	if len(s) > max {
-		return s[:max] + "…"
-	}
-	return s
-}
+func clip(s string) string { return textclip.Clip(s, 80) }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/cova-project/cova/imagepull/internal/textclip"
 	"github.com/cova-project/cova/imagepull/oci"
 )
 
@@ -256,10 +257,4 @@ func validDomain(d string) error {
 	return nil
 }
 
-func clip(s string) string {
-	const max = 80
-	if len(s) > max {
-		return s[:max] + "…"
-	}
-	return s
-}
+func clip(s string) string { return textclip.Clip(s, 80) }

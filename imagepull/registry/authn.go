@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/cova-project/cova/imagepull/internal/textclip"
 )
 
 const maxTokenBytes = 1 << 20
@@ -211,9 +213,4 @@ func (r *Repo) fetchToken(ctx context.Context, ch challenge, cred Credential, ha
 	return tok, ttl, nil
 }
 
-func clipS(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "…"
-	}
-	return s
-}
+func clipS(s string) string { return textclip.Clip(s, 80) }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/cova-project/cova/imagepull/internal/textclip"
 	"github.com/cova-project/cova/imagepull/reference"
 )
 
@@ -67,9 +68,4 @@ func repoDigestOrExact(intended, sig sigRef) bool {
 	return sig.name == intended.name
 }
 
-func clip(s string) string {
-	if len(s) > 120 {
-		return s[:120] + "…"
-	}
-	return s
-}
+func clip(s string) string { return textclip.Clip(s, 120) }

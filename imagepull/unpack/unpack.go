@@ -31,6 +31,8 @@ import (
 	"github.com/containerd/errdefs"
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
+
+	"github.com/cova-project/cova/imagepull/internal/textclip"
 )
 
 // Overlay xattr names for opaque directories.
@@ -836,10 +838,4 @@ func (u *unpacker) opaque(dir string) error {
 	return nil
 }
 
-func clip(s string) string {
-	const max = 120
-	if len(s) > max {
-		return s[:max] + "…"
-	}
-	return s
-}
+func clip(s string) string { return textclip.Clip(s, 120) }
