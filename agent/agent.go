@@ -87,6 +87,12 @@ type Options struct {
 	// RootfsPrefixes limits OCI.Root.Path; empty allows any absolute path
 	// (development only).
 	RootfsPrefixes []string
+	// MountSourcePrefixes, when set, confines OCI mounts: bind mount
+	// sources must lie under one of these directories (or a storage mount
+	// point of the same request) and other mounts must be pseudo
+	// filesystems (proc, sysfs, tmpfs, ...). Empty allows any mount
+	// (development only); the agent sets [Root] as PID 1.
+	MountSourcePrefixes []string
 
 	Containers *container.Manager
 	Storage    *mount.Manager

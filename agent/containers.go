@@ -47,6 +47,12 @@ func (a *Agent) createContainer(ctx context.Context, r *pb.CreateContainerReques
 	if err := a.checkSpec(spec); err != nil {
 		return err
 	}
+	if err := a.checkMounts(spec, r.Storages); err != nil {
+		return err
+	}
+	if err := checkGuestPullSource(spec, r.Storages); err != nil {
+		return err
+	}
 	if err := a.unsealEnv(ctx, "OCI.Process.Env", spec.Process.Env); err != nil {
 		return err
 	}

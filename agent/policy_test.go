@@ -2,13 +2,18 @@ package agent_test
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/dynamicpb"
+
+	"github.com/containerd/errdefs"
 
 	"github.com/cova-project/cova/agent"
 	"github.com/cova-project/cova/agent/policy"
@@ -69,10 +74,24 @@ func TestEveryRPCIsGated(t *testing.T) {
 // container's output, and a container that writes more than any buffer
 // still runs to completion (no pipe-full deadlock).
 func TestDeniedReadsDrain(t *testing.T) {
-	e := newEnvWith(t, func(o *agent.Options) { o.Gate = engine(t, policy.CocoDefaultPolicy()) })
+	// The CoCo default wants the rootfs pulled in the guest; this test runs
+	// a host directory, so it relaxes that one rule and nothing else.
+	const rule = "CreateContainerRequest := verdict(create_container_refusals)"
+	coco := policy.CocoDefaultPolicy()
+	if !strings.Contains(coco, rule) {
+		t.Fatalf("coco-default has no %q", rule)
+	}
+	strict := engine(t, coco)
+	e := newEnvWith(t, func(o *agent.Options) {
+		o.Gate = engine(t, strings.Replace(coco, rule, "CreateContainerRequest := true", 1))
+	})
 	e.sandbox(t, "sb")
 	// 4 MiB of output, far more than the pipe and the agent's queue hold.
 	spec := e.spec(t, "sh", "-c", "dd if=/dev/zero bs=64k count=64 2>/dev/null; exit 4")
+	err := strict.Allow(e.ctx, "CreateContainer", &pb.CreateContainerRequest{ContainerId: "c", OCI: spec})
+	if !errdefs.IsPermissionDenied(err) || !strings.Contains(err.Error(), "no image_guest_pull storage provides the rootfs") {
+		t.Fatalf("unmodified coco-default on a host rootfs: %v", err)
+	}
 	if _, err := e.c.CreateContainer(e.ctx, &pb.CreateContainerRequest{ContainerId: "c", OCI: spec}); err != nil {
 		t.Fatal(err)
 	}
@@ -108,4 +127,132 @@ func TestSetPolicyWhenAllowed(t *testing.T) {
 	}
 	_, err = e.c.GetGuestDetails(e.ctx, &pb.GuestDetailsRequest{})
 	wantCode(t, err, codes.PermissionDenied, "GuestDetailsRequest")
+}
+
+// workloadPolicy is a genpolicy-shaped policy for one pod, written for this
+// test: policy_data names the container (args, env, rootfs) and the one
+// command the host may exec; CreateContainer matches a request against it
+// and records the container in data.pstate; ExecProcess looks it up there;
+// RemoveContainer forgets it.
+const workloadPolicy = `package agent_policy
+
+import future.keywords.in
+import future.keywords.every
+import future.keywords.if
+
+default CreateSandboxRequest := true
+default DestroySandboxRequest := true
+default StartContainerRequest := true
+default WaitProcessRequest := true
+default SignalProcessRequest := true
+default ReadStreamRequest := true
+default RemoveContainerRequest := true
+default CreateContainerRequest := false
+default ExecProcessRequest := false
+
+CreateContainerRequest := {"ops": [{"op": "add", "path": concat("/", ["/pstate", input.container_id]), "value": idx}], "allowed": true} if {
+	some idx, p in policy_data.containers
+	print("CreateContainerRequest: args", input.OCI.Process.Args)
+	input.OCI.Process.Args == p.args
+	input.OCI.Root.Path == p.rootfs
+	every e in input.OCI.Process.Env {
+		print("CreateContainerRequest: env", e)
+		e in p.env
+	}
+	is_null(input.OCI.Hooks)
+}
+
+RemoveContainerRequest := {"ops": [{"op": "remove", "path": concat("/", ["/pstate", input.container_id])}], "allowed": true} if {
+	input.container_id in object.keys(data.pstate)
+}
+
+ExecProcessRequest if {
+	idx := data.pstate[input.container_id]
+	print("ExecProcessRequest: command", input.process.Args)
+	input.process.Args in policy_data.containers[idx].exec_commands
+}
+`
+
+// TestGenpolicyStyleLifecycle: a genpolicy-shaped policy drives a real
+// container through the agent: exactly its container is created, exactly
+// its probe command may be exec'd, and removal forgets the container.
+func TestGenpolicyStyleLifecycle(t *testing.T) {
+	// The policy names the test's rootfs, known once the env exists.
+	late := &lateGate{}
+	e := newEnvWith(t, func(o *agent.Options) { o.Gate = late })
+	args := []string{"sh", "-c", "echo hello; sleep 30"}
+	spec := e.spec(t, args...)
+	js := func(v any) string { b, _ := json.Marshal(v); return string(b) }
+	data := fmt.Sprintf("\npolicy_data := {\"containers\": [{\"args\": %s, \"rootfs\": %s, \"env\": %s, \"exec_commands\": [[\"echo\", \"probe\"]]}]}\n",
+		js(args), js(spec.Root.Path), js(spec.Process.Env))
+	gate := engine(t, workloadPolicy+data)
+	late.e = gate
+	e.sandbox(t, "sb")
+
+	other := e.spec(t, "sh", "-c", "cat /etc/shadow")
+	_, err := e.c.CreateContainer(e.ctx, &pb.CreateContainerRequest{ContainerId: "evil", OCI: other})
+	wantCode(t, err, codes.PermissionDenied, "CreateContainerRequest is blocked by policy: CreateContainerRequest: args")
+	extraEnv := e.spec(t, args...)
+	extraEnv.Process.Env = append(extraEnv.Process.Env, "LD_PRELOAD=/x.so")
+	_, err = e.c.CreateContainer(e.ctx, &pb.CreateContainerRequest{ContainerId: "evil", OCI: extraEnv})
+	wantCode(t, err, codes.PermissionDenied, "CreateContainerRequest: env LD_PRELOAD=<redacted>")
+
+	if _, err := e.c.CreateContainer(e.ctx, &pb.CreateContainerRequest{ContainerId: "web", OCI: spec}); err != nil {
+		t.Fatalf("the policy's own container: %v", err)
+	}
+	if _, ok := gate.State()["web"]; !ok {
+		t.Fatalf("state after create: %v", gate.State())
+	}
+	if _, err := e.c.StartContainer(e.ctx, &pb.StartContainerRequest{ContainerId: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := readLine(t, e, "web", ""); got != "hello\n" {
+		t.Fatalf("container output %q", got)
+	}
+	probe := proto.Clone(spec.Process).(*pb.Process)
+	probe.Args = []string{"echo", "probe"}
+	if _, err := e.c.ExecProcess(e.ctx, &pb.ExecProcessRequest{ContainerId: "web", ExecId: "p1", Process: probe}); err != nil {
+		t.Fatalf("allowed probe: %v", err)
+	}
+	if got := e.readAll(t, "web", "p1", true); got != "probe\n" {
+		t.Fatalf("probe output %q", got)
+	}
+	shell := proto.Clone(spec.Process).(*pb.Process)
+	shell.Args = []string{"sh"}
+	_, err = e.c.ExecProcess(e.ctx, &pb.ExecProcessRequest{ContainerId: "web", ExecId: "p2", Process: shell})
+	wantCode(t, err, codes.PermissionDenied, "ExecProcessRequest is blocked by policy: ExecProcessRequest: command")
+
+	if _, err := e.c.SignalProcess(e.ctx, &pb.SignalProcessRequest{ContainerId: "web", Signal: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.WaitProcess(e.ctx, &pb.WaitProcessRequest{ContainerId: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.RemoveContainer(e.ctx, &pb.RemoveContainerRequest{ContainerId: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := gate.State()["web"]; ok {
+		t.Fatalf("state after remove: %v", gate.State())
+	}
+	_, err = e.c.ExecProcess(e.ctx, &pb.ExecProcessRequest{ContainerId: "web", ExecId: "p3", Process: probe})
+	wantCode(t, err, codes.PermissionDenied, "ExecProcessRequest")
+}
+
+// readLine reads one chunk of a running process's stdout.
+func readLine(t *testing.T, e *env, cid, eid string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	defer cancel()
+	r, err := e.c.ReadStdout(ctx, &pb.ReadStreamRequest{ContainerId: cid, ExecId: eid, Len: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(r.Data)
+}
+
+// lateGate delegates to an engine set after the agent was built.
+type lateGate struct{ e *policy.Engine }
+
+func (g *lateGate) Allow(ctx context.Context, method string, req any) error {
+	return g.e.Allow(ctx, method, req)
 }

@@ -42,8 +42,9 @@ type Driver struct {
 	measure MeasureFunc
 	log     *slog.Logger
 
-	self string // this binary, served as /pause
-	opts func(ctx context.Context) (imagepull.PullOptions, error)
+	self  string // this binary, served as /pause
+	opts  func(ctx context.Context) (imagepull.PullOptions, error)
+	check ImageCheck
 
 	mu      sync.Mutex
 	mounted map[string]*pulled // by mount point
@@ -70,6 +71,18 @@ func New(p *imagepull.Puller, measure MeasureFunc, self string, log *slog.Logger
 // first needed, not at boot). An error fails the pull.
 func (d *Driver) WithPullOptions(f func(ctx context.Context) (imagepull.PullOptions, error)) *Driver {
 	d.opts = f
+	return d
+}
+
+// ImageCheck decides whether a pulled image may become a container's
+// rootfs, knowing the manifest digest actually pulled (the agent policy's
+// PulledImage rule).
+type ImageCheck func(ctx context.Context, containerID, image, digest string) error
+
+// WithImageCheck sets the check run after each pull, before the pull is
+// measured and the rootfs mounted; its error fails the storage.
+func (d *Driver) WithImageCheck(f ImageCheck) *Driver {
+	d.check = f
 	return d
 }
 
@@ -136,6 +149,11 @@ func (d *Driver) Setup(ctx context.Context, id string, s mount.Storage) (retErr 
 			d.puller.Release(img)
 		}
 	}()
+	if d.check != nil {
+		if err := d.check(ctx, id, s.Source, img.ManifestDigest.String()); err != nil {
+			return fmt.Errorf("image %s (%s): %w", s.Source, img.ManifestDigest, err)
+		}
+	}
 	if d.measure != nil {
 		// guest-components' exact content (not JCS: a space after the comma).
 		ref, _ := json.Marshal(s.Source)
@@ -159,7 +177,7 @@ func (d *Driver) Setup(ctx context.Context, id string, s mount.Storage) (retErr 
 	d.mu.Lock()
 	d.mounted[s.MountPoint] = &pulled{id: id, img: img}
 	d.mu.Unlock()
-	d.log.Info("image pulled", "container_id", id, "image", s.Source, "manifest", img.ManifestDigest.String(),
+	d.log.Info("image rootfs mounted", "container_id", id, "image", s.Source, "manifest", img.ManifestDigest.String(),
 		"layers", len(img.Layers), "seconds", time.Since(start).Seconds())
 	return nil
 }

@@ -202,10 +202,10 @@ func (e *Engine) verdict(ctx context.Context, method, entry string, n node, allo
 	}
 	var reason string
 	switch {
+	case d.lastPrint != "": // the last rule that printed before failing
+		reason = oneLine(scrub.Replace(d.lastPrint))
 	case !d.defined:
 		reason = "no rule and no default for " + entry
-	case d.lastPrint != "":
-		reason = oneLine(scrub.Replace(d.lastPrint))
 	default:
 		reason = "data." + Package + "." + entry + " is false"
 	}
@@ -492,4 +492,36 @@ func (c *compiled) applyOps(ops []patchOp) error {
 	c.data = next
 	c.version++
 	return nil
+}
+
+// PulledImageEntry is Cova's policy entry point for images pulled in the
+// guest (not a kata request): data.agent_policy.PulledImage is evaluated
+// after an image_guest_pull storage resolved its image and before the
+// rootfs is mounted, with input {"container_id", "image", "digest"} where
+// digest is the manifest digest actually pulled. A policy pins a tag to a
+// digest with it. Policies that do not define it (every kata policy) allow
+// every pull, so it adds no constraint to existing genpolicy output; a
+// policy that has the rule is enforced like a request rule (undefined is a
+// denial).
+const PulledImageEntry = "PulledImage"
+
+// CheckPulledImage decides whether the image pulled for containerID may be
+// used (see PulledImageEntry). It returns nil when the policy allows it or
+// has no PulledImage rule, a *DeniedError when it refuses, and an INTERNAL
+// error when the evaluation fails.
+func (e *Engine) CheckPulledImage(ctx context.Context, containerID, image, digest string) error {
+	input, err := ast.InterfaceToValue(map[string]any{"container_id": containerID, "image": image, "digest": digest})
+	if err != nil {
+		return fmt.Errorf("policy: %s input: %w: %w", PulledImageEntry, err, errdefs.ErrInternal)
+	}
+	e.mu.RLock()
+	c := e.cur
+	ref := ast.Ref{ast.DefaultRootDocument, ast.StringTerm(Package), ast.StringTerm(PulledImageEntry)}
+	if len(c.compiler.GetRulesExact(ref)) == 0 {
+		e.mu.RUnlock()
+		return nil // the policy does not use the extension
+	}
+	d, err := c.eval(ctx, PulledImageEntry, input, false)
+	e.mu.RUnlock()
+	return e.verdict(ctx, PulledImageEntry, PulledImageEntry, nil, c.allowFailures, d, err)
 }

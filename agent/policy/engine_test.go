@@ -421,3 +421,50 @@ CreateContainerRequest if {
 		t.Error("canceled evaluation allowed")
 	}
 }
+
+// TestCheckPulledImage: the PulledImage extension pins a tag to the digest
+// actually pulled; policies without the rule (every kata policy) allow.
+func TestCheckPulledImage(t *testing.T) {
+	const want = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+	pinned := AllowAllPolicy() + `
+pins := {"registry.example/app:1.0": "` + want + `"}
+
+PulledImage if {
+	print("PulledImage:", input.image, "pulled as", input.digest, "for", input.container_id)
+	pins[input.image] == input.digest
+}
+`
+	ctx := context.Background()
+	cases := []struct {
+		name, policy, image, digest string
+		allow                       bool
+		reason                      string
+	}{
+		{"pinned digest", pinned, "registry.example/app:1.0", want, true, ""},
+		{"tag moved", pinned, "registry.example/app:1.0", "sha256:" + strings.Repeat("2", 64), false,
+			"PulledImage is blocked by policy: PulledImage: registry.example/app:1.0 pulled as sha256:2222"},
+		{"image not pinned", pinned, "registry.example/other:1.0", want, false, "registry.example/other:1.0"},
+		{"no rule (kata policies)", AllowAllPolicy(), "anything:latest", want, true, ""},
+		{"rule false by default", "package agent_policy\ndefault PulledImage := false\n", "a:b", want, false, "data.agent_policy.PulledImage is false"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := mustEngine(t, tc.policy, Options{})
+			err := e.CheckPulledImage(ctx, "c1", tc.image, tc.digest)
+			if tc.allow {
+				if err != nil {
+					t.Fatalf("denied: %v", err)
+				}
+				return
+			}
+			if !errdefs.IsPermissionDenied(err) || !strings.Contains(err.Error(), tc.reason) {
+				t.Fatalf("got %v, want PERMISSION_DENIED containing %q", err, tc.reason)
+			}
+		})
+	}
+	// An evaluation error is INTERNAL, never an allow.
+	e := mustEngine(t, "package agent_policy\nPulledImage := true if input.image\nPulledImage := false if input.digest\n", Options{})
+	if err := e.CheckPulledImage(ctx, "c1", "a:b", want); err == nil || errdefs.IsPermissionDenied(err) {
+		t.Fatalf("failing rule: %v", err)
+	}
+}

@@ -177,7 +177,7 @@ func sampleCreateContainer(id string) *pb.CreateContainerRequest {
 				"io.kubernetes.cri.container-name":    "web",
 				"io.kubernetes.cri.sandbox-name":      sandboxName,
 				"io.kubernetes.cri.sandbox-namespace": sandboxNS,
-				"io.kubernetes.cri.image-name":        "docker.io/library/nginx:1.27",
+				"io.kubernetes.cri.image-name":        nginxImage,
 			},
 			Linux: &pb.Linux{
 				CgroupsPath: "kubepods-besteffort-pod1234.slice:cri-containerd:" + id,

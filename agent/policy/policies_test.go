@@ -134,6 +134,18 @@ func TestCocoDefaultChecks(t *testing.T) {
 	emptyHooks := sampleCreateContainer("c3")
 	emptyHooks.OCI.Hooks = &pb.Hooks{}
 
+	cc := func(f func(r *pb.CreateContainerRequest)) *pb.CreateContainerRequest {
+		r := sampleCreateContainer("c1")
+		f(r)
+		return r
+	}
+	bind := func(src string) func(r *pb.CreateContainerRequest) {
+		return func(r *pb.CreateContainerRequest) {
+			r.OCI.Mounts = append(r.OCI.Mounts, &pb.Mount{Destination: "/data", Source: src, Type: "bind", Options: []string{"rbind"}})
+		}
+	}
+	volume := &pb.Storage{Driver: "blk", Source: "0000:00:05.0", Fstype: "ext4", MountPoint: "/run/kata-containers/sandbox/storage/pvc1"}
+
 	cases := []struct {
 		name   string
 		rpc    string
@@ -141,6 +153,41 @@ func TestCocoDefaultChecks(t *testing.T) {
 		allow  bool
 		reason string // substring of the denial
 	}{
+		{"sandbox storage outside sandbox dir", "CreateSandbox", &pb.CreateSandboxRequest{Storages: []*pb.Storage{{Driver: "ephemeral", Source: "shm", Fstype: "tmpfs", MountPoint: "/etc"}}}, false, `storages[0].mount_point "/etc" is not under /run/kata-containers/sandbox/`},
+		{"sandbox virtio-fs", "CreateSandbox", &pb.CreateSandboxRequest{Storages: []*pb.Storage{{Driver: "virtio-fs", Source: "kataShared", MountPoint: "/run/kata-containers/sandbox/shared"}}}, false, `storages[0].driver "virtio-fs" is not allowed`},
+		{"rootfs from a block device", "CreateContainer", cc(func(r *pb.CreateContainerRequest) {
+			r.Storages[0] = &pb.Storage{Driver: "blk", Source: "0000:00:04.0", Fstype: "ext4", MountPoint: "/run/kata-containers/c1/rootfs"}
+		}), false, "a blk storage cannot be the rootfs; the image is pulled in the guest"},
+		{"rootfs copied in by the host", "CreateContainer", cc(func(r *pb.CreateContainerRequest) {
+			r.Storages = nil
+			r.OCI.Root.Path = shared + "c1/rootfs"
+		}), false, `OCI.Root.Path "/run/kata-containers/shared/containers/c1/rootfs" is not /run/kata-containers/c1/rootfs`},
+		{"rootfs without storage", "CreateContainer", cc(func(r *pb.CreateContainerRequest) { r.Storages = nil }), false, "no image_guest_pull storage provides the rootfs"},
+		{"rootfs overlay of host dirs", "CreateContainer", cc(func(r *pb.CreateContainerRequest) {
+			r.Storages[0].Driver = "overlayfs"
+		}), false, `storages[0].driver "overlayfs" is not allowed`},
+		{"storage in another container", "CreateContainer", cc(func(r *pb.CreateContainerRequest) {
+			r.Storages = append(r.Storages, &pb.Storage{Driver: "local", Source: "local", MountPoint: "/run/kata-containers/c2/rootfs/etc"})
+		}), false, `storages[1].mount_point "/run/kata-containers/c2/rootfs/etc" is outside`},
+		{"storage with dot-dot", "CreateContainer", cc(func(r *pb.CreateContainerRequest) {
+			r.Storages = append(r.Storages, &pb.Storage{Driver: "local", Source: "local", MountPoint: "/run/kata-containers/sandbox/../c2/rootfs"})
+		}), false, "storages[1].mount_point"},
+		{"volume and its bind", "CreateContainer", cc(func(r *pb.CreateContainerRequest) {
+			r.Storages = append(r.Storages, volume)
+			bind(volume.MountPoint)(r)
+		}), true, ""},
+		{"emptyDir bind", "CreateContainer", cc(bind("/run/kata-containers/sandbox/local/cache")), true, ""},
+		{"bind of the guest root", "CreateContainer", cc(bind("/")), false, `mount /data: bind source "/" is outside`},
+		{"bind of the CDH's secrets", "CreateContainer", cc(bind("/run/confidential-containers")), false, "bind source \"/run/confidential-containers\" is outside"},
+		{"bind of another container's rootfs", "CreateContainer", cc(bind("/run/kata-containers/c2/rootfs")), false, "is outside"},
+		{"bind of own rootfs storage", "CreateContainer", cc(bind("/run/kata-containers/c1/rootfs/etc")), false, "is outside"},
+		{"bind escaping the shared dir", "CreateContainer", cc(bind(shared + "../../c2/rootfs")), false, "is outside"},
+		{"bind by option", "CreateContainer", cc(func(r *pb.CreateContainerRequest) {
+			r.OCI.Mounts = append(r.OCI.Mounts, &pb.Mount{Destination: "/etc/x", Source: "/etc", Type: "none", Options: []string{"bind", "ro"}})
+		}), false, `mount /etc/x: bind source "/etc" is outside`},
+		{"device filesystem", "CreateContainer", cc(func(r *pb.CreateContainerRequest) {
+			r.OCI.Mounts = append(r.OCI.Mounts, &pb.Mount{Destination: "/disk", Source: "/dev/vdb", Type: "ext4"})
+		}), false, `mount /disk: type "ext4" is not a pseudo filesystem`},
 		{"sandbox plain", "CreateSandbox", &pb.CreateSandboxRequest{Hostname: "web-pod", SandboxId: "s1", Storages: []*pb.Storage{{Driver: "ephemeral", Source: "shm", Fstype: "tmpfs", MountPoint: "/run/kata-containers/sandbox/shm"}}}, true, ""},
 		{"sandbox guest hooks", "CreateSandbox", &pb.CreateSandboxRequest{GuestHookPath: "/usr/share/oci/hooks"}, false, `guest_hook_path "/usr/share/oci/hooks" is set`},
 		{"sandbox kernel modules", "CreateSandbox", &pb.CreateSandboxRequest{KernelModules: []*pb.KernelModule{{Name: "nvidia"}, {Name: "evil"}}}, false, "kernel_modules requested: nvidia, evil"},
@@ -154,10 +201,13 @@ func TestCocoDefaultChecks(t *testing.T) {
 		{"copy outside shared dir", "CopyFile", &pb.CopyFileRequest{Path: "/etc/ssl/cert.pem", FileMode: unix.S_IFREG}, false, "is not under"},
 		{"copy into a container rootfs", "CopyFile", &pb.CopyFileRequest{Path: "/run/kata-containers/c1/rootfs/bin/sh", FileMode: unix.S_IFREG}, false, "is not under"},
 		{"copy traversal", "CopyFile", &pb.CopyFileRequest{Path: shared + "../c1/rootfs/bin/sh", FileMode: unix.S_IFREG}, false, "has a .. component"},
-		{"copy dotdot in name is fine", "CopyFile", &pb.CopyFileRequest{Path: shared + "c1-x-foo../bar", FileMode: unix.S_IFREG}, true, ""},
-		{"copy socket", "CopyFile", &pb.CopyFileRequest{Path: shared + "c1-x-sock", FileMode: unix.S_IFSOCK}, false, "file type Unknown"},
-		{"symlink absolute", "CopyFile", &pb.CopyFileRequest{Path: shared + "c1-x-cm/key", FileMode: unix.S_IFLNK, Data: []byte("/run/kata-containers/c1/rootfs/bin/sh")}, false, "is absolute"},
-		{"symlink up", "CopyFile", &pb.CopyFileRequest{Path: shared + "c1-x-cm/key", FileMode: unix.S_IFLNK, Data: []byte("../../c1/rootfs")}, false, "has a .. component"},
+		{"copy dotdot in name is fine", "CopyFile", &pb.CopyFileRequest{Path: shared + "c1-0123456789abcdef-foo../bar", FileMode: unix.S_IFREG}, true, ""},
+		{"copy into a copied rootfs", "CopyFile", &pb.CopyFileRequest{Path: shared + "c1/rootfs/bin/sh", FileMode: unix.S_IFREG}, false, "is not <container id>-<16 hex>-<name>"},
+		{"copy watchable", "CopyFile", &pb.CopyFileRequest{Path: shared + "watchable/c1-0123456789abcdef-cm/key", FileMode: unix.S_IFREG}, true, ""},
+		{"copy without random part", "CopyFile", &pb.CopyFileRequest{Path: shared + "c1-hosts", FileMode: unix.S_IFREG}, false, "is not <container id>"},
+		{"copy socket", "CopyFile", &pb.CopyFileRequest{Path: shared + "c1-0123456789abcdef-sock", FileMode: unix.S_IFSOCK}, false, "file type Unknown"},
+		{"symlink absolute", "CopyFile", &pb.CopyFileRequest{Path: shared + "c1-0123456789abcdef-cm/key", FileMode: unix.S_IFLNK, Data: []byte("/run/kata-containers/c1/rootfs/bin/sh")}, false, "is absolute"},
+		{"symlink up", "CopyFile", &pb.CopyFileRequest{Path: shared + "c1-0123456789abcdef-cm/key", FileMode: unix.S_IFLNK, Data: []byte("../../c1/rootfs")}, false, "has a .. component"},
 		{"symlink top level", "CopyFile", &pb.CopyFileRequest{Path: shared + "c1-link", FileMode: unix.S_IFLNK, Data: []byte("c1-x-cm")}, false, "sits directly in"},
 		{"interface eth0", "UpdateInterface", &pb.UpdateInterfaceRequest{Interface: &types.Interface{Name: "eth0", HwAddr: "02:00:00:00:00:01", RawFlags: 0x80, IPAddresses: []*types.IPAddress{{Address: "10.244.0.5", Mask: "24"}}}}, true, ""},
 		{"interface renamed to lo", "UpdateInterface", &pb.UpdateInterfaceRequest{Interface: &types.Interface{Name: "lo", HwAddr: "02:00:00:00:00:01"}}, false, "loopback device"},

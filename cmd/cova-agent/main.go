@@ -283,6 +283,11 @@ func run(start time.Time) error {
 	}
 	pullDriver := guestpull.New(puller, measure, self, base.With("component", "guestpull")).
 		WithPullOptions(pullOptions(ip, resources, base.With("component", "sigpolicy")))
+	if e, ok := gate.(interface {
+		CheckPulledImage(ctx context.Context, containerID, image, digest string) error
+	}); ok {
+		pullDriver.WithImageCheck(e.CheckPulledImage)
+	}
 	var unseal func(context.Context, string) ([]byte, error)
 	if resources != nil {
 		// Sealed secrets: signatures verified with keys from the KBS (the
@@ -405,6 +410,7 @@ func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRo
 	if vm {
 		o.Network = network.New(nil, base.With("component", "network"))
 		o.RootfsPrefixes = []string{kataRoot}
+		o.MountSourcePrefixes = []string{kataRoot}
 		o.PowerOff = func() {
 			time.Sleep(100 * time.Millisecond) // let the DestroySandbox answer go out
 			_ = sysinit.PowerOff(log)

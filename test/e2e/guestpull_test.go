@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/cova-project/cova/agent/ocispec"
+	"github.com/cova-project/cova/agent/policy"
 	pb "github.com/cova-project/cova/protocols/grpc"
 
 	"github.com/cova-project/cova/test/regtest"
@@ -29,20 +31,7 @@ func TestRunImageFromLocalRegistry(t *testing.T) {
 	testutil.RequireRoot(t)
 	regtest.Require(t, "docker-registry", "umoci", "skopeo")
 	ctl := bin(t, "cova-ctl")
-	reg := regtest.Start(t)
-	l := regtest.NewLayout(t, "latest")
-	l.Insert("/bin/busybox", "/bin/busybox")
-	tree := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(tree, "bin"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range []string{"sh", "echo", "cat"} {
-		if err := os.Symlink("busybox", filepath.Join(tree, "bin", a)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	l.Insert(filepath.Join(tree, "bin"), "/bin")
-	l.Push(reg.Host, "test/busybox", "latest")
+	reg := pushBusybox(t)
 
 	ag := startAgent(t, "--insecure-registry", reg.Host)
 	addr, logs := ag.addr, ag.logs
@@ -67,6 +56,70 @@ func TestRunImageFromLocalRegistry(t *testing.T) {
 	out, err := exec.Command(ctl, "--addr", addr, "run", "--image", "127.0.0.1:1/none:latest", "--guest-root", guestRoot, "--", "true").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "CreateContainer") {
 		t.Fatalf("pull from nowhere: %q %v", out, err)
+	}
+}
+
+// pushBusybox starts a real registry holding test/busybox:latest (busybox
+// with sh, echo and cat).
+func pushBusybox(t *testing.T) *regtest.Registry {
+	t.Helper()
+	reg := regtest.Start(t)
+	l := regtest.NewLayout(t, "latest")
+	l.Insert("/bin/busybox", "/bin/busybox")
+	tree := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(tree, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"sh", "echo", "cat"} {
+		if err := os.Symlink("busybox", filepath.Join(tree, "bin", a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Insert(filepath.Join(tree, "bin"), "/bin")
+	l.Push(reg.Host, "test/busybox", "latest")
+	return reg
+}
+
+// TestPulledImageDigestPinning: a policy's PulledImage rule pins the tag to
+// a manifest digest. The agent evaluates it after the pull resolved the tag
+// and before the rootfs is mounted: the wrong digest refuses the container
+// with a one-line PERMISSION_DENIED; the right one runs it.
+func TestPulledImageDigestPinning(t *testing.T) {
+	testutil.RequireRoot(t)
+	regtest.Require(t, "docker-registry", "umoci", "skopeo")
+	ctl := bin(t, "cova-ctl")
+	reg := pushBusybox(t)
+	image := reg.Host + "/test/busybox:latest"
+	digest := regtest.ManifestDigest(t, reg.Host, "test/busybox", "latest")
+
+	for _, tc := range []struct {
+		name, pinned string
+		ok           bool
+	}{
+		{"other digest", "sha256:" + strings.Repeat("0", 64), false},
+		{"pulled digest", digest, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pol := filepath.Join(t.TempDir(), "policy.rego")
+			rule := fmt.Sprintf("\nPulledImage if {\n\tprint(\"PulledImage: pinned\", input.image, \"to %s, got\", input.digest)\n\tinput.digest == %q\n}\n", tc.pinned, tc.pinned)
+			if err := os.WriteFile(pol, []byte(policy.AllowAllPolicy()+rule), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			ag := startAgent(t, "--insecure-registry", reg.Host, "--policy", pol)
+			out, err := exec.Command(ctl, "--addr", ag.addr, "run", "--image", image, "--guest-root", ag.guestRoot(), "--", "echo", "pinned").CombinedOutput()
+			if tc.ok {
+				if err != nil || string(out) != "pinned\n" {
+					t.Fatalf("run under the right pin = %q, %v", out, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(string(out), "PermissionDenied") || !strings.Contains(string(out), "PulledImage is blocked by policy: PulledImage: pinned") {
+				t.Fatalf("run under the wrong pin = %q, %v; want PERMISSION_DENIED from PulledImage", out, err)
+			}
+			if strings.Contains(ag.logs.String(), `"msg":"image rootfs mounted"`) {
+				t.Error("a refused image was mounted")
+			}
+		})
 	}
 }
 

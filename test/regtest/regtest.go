@@ -7,6 +7,8 @@ package regtest
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -129,6 +131,18 @@ func Run(t testing.TB, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// ManifestDigest returns the digest of repo:tag's manifest on host as
+// skopeo sees it (the digest a pull by tag resolves to).
+func ManifestDigest(t testing.TB, host, repo, tag string) string {
+	t.Helper()
+	out, err := exec.Command("skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+host+"/"+repo+":"+tag).Output()
+	if err != nil {
+		t.Fatalf("skopeo inspect --raw %s/%s:%s: %v", host, repo, tag, err)
+	}
+	sum := sha256.Sum256(out)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // Layout is an OCI image layout being built with umoci.

@@ -19,6 +19,7 @@ import (
 	"github.com/cova-project/cova/agent/ocispec"
 	"github.com/cova-project/cova/agent/policy"
 	pb "github.com/cova-project/cova/protocols/grpc"
+	"github.com/cova-project/cova/protocols/types"
 	"github.com/cova-project/cova/rootfs"
 	"github.com/cova-project/cova/test/testutil"
 )
@@ -478,24 +479,51 @@ func TestCocoDefaultPolicy(t *testing.T) {
 	e := needEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), scenarioTimeout)
 	defer cancel()
-	host := t.TempDir()
-	makeBusybox(t, e.busybox, host, nil)
-	v := bootInitrd(t, e, e.initrdCoco, "")
+	// initdata carries only cdh.toml (the host's registry is plain HTTP), no
+	// policy.rego, and initrdCoco no default policy file: coco-default rules.
+	guestReg := pushBusybox(t, e, "coco/busybox")
+	cdh := fmt.Sprintf("[image]\n[[image.registry_config.registry]]\nprefix = %q\ninsecure = true\n", guestReg)
+	doc := "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"cdh.toml\" = '''\n" + cdh + "'''\n"
+	disk := Disk{Path: initdataDisk(t, []byte(doc), false), ReadOnly: true, Slot: 3}
+	v := bootConfig(t, Config{Kernel: e.kernel.Image, Initrd: e.initrdCoco, Append: e.cmdline(), Dir: vmDir(t), Disks: []Disk{disk}, Net: true})
 	a, tm := connect(ctx, t, v)
 	t.Logf("boot: %v", tm)
+	if _, err := a.UpdateInterface(ctx, &pb.UpdateInterfaceRequest{Interface: &types.Interface{
+		HwAddr: GuestMAC, Name: "eth0", Mtu: 1500,
+		IPAddresses: []*types.IPAddress{{Family: types.IPFamily_v4, Address: "10.0.2.15", Mask: "24"}},
+	}}); err != nil {
+		t.Fatalf("UpdateInterface: %v", err)
+	}
+	if _, err := a.UpdateRoutes(ctx, &pb.UpdateRoutesRequest{Routes: &pb.Routes{Routes: []*types.Route{
+		{Dest: "0.0.0.0/0", Gateway: "10.0.2.2", Device: "eth0", Family: types.IPFamily_v4},
+	}}}); err != nil {
+		t.Fatalf("UpdateRoutes: %v", err)
+	}
 	const sid = "sandbox-coco"
 	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: sid, Hostname: "cova"}); err != nil {
 		t.Fatalf("CreateSandbox: %v", err)
 	}
-	root := filepath.Join(sharedKataDir, sid, "rootfs")
-	if _, _, err := a.CopyDir(ctx, host, root); err != nil {
-		t.Fatal(err)
-	}
-	spec, err := ocispec.FromSpec(containerSpec(root, "sh", "-c", "echo secret-output; sleep 600"))
+	// A rootfs the host provides (copied in, or a disk) is refused: under
+	// the CoCo default the image is pulled in the guest.
+	hostRoot, err := ocispec.FromSpec(containerSpec(filepath.Join(sharedKataDir, sid, "rootfs"), "true"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: sid, ExecId: sid, OCI: spec}); err != nil {
+	_, err = a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: sid, ExecId: sid, OCI: hostRoot})
+	if st, _ := status.FromError(err); st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), "no image_guest_pull storage provides the rootfs") {
+		t.Fatalf("CreateContainer with a host rootfs under the CoCo default: %v", err)
+	}
+	mp := filepath.Join("/run/kata-containers", sid, "rootfs")
+	spec, err := ocispec.FromSpec(containerSpec(mp, "sh", "-c", "echo secret-output; sleep 600"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Root.Readonly = false
+	storages := []*pb.Storage{{
+		Driver: "image_guest_pull", Source: guestReg + "/coco/busybox:latest", Fstype: "overlay", MountPoint: mp,
+		DriverOptions: []string{`image_guest_pull={"metadata":{"io.kubernetes.cri.container-type":"container"}}`},
+	}}
+	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: sid, ExecId: sid, OCI: spec, Storages: storages}); err != nil {
 		t.Fatalf("CreateContainer: %v", err)
 	}
 	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: sid}); err != nil {

@@ -139,12 +139,128 @@ create_container_refusals contains "OCI.Hooks is set" if {
 	input.OCI.Hooks != null
 }
 
+# ---- Storages and mounts ------------------------------------------------------
+#
+# Kata's own rules do not validate mounts; here the host may only place
+# storages and bind sources where Kata's runtime puts them, the container's
+# rootfs must be the image pulled (and signature-checked) in the guest, and
+# no host-shared or host-assembled filesystem enters the TEE.
+
+kata_root := "/run/kata-containers/"
+
+sandbox_dir := "/run/kata-containers/sandbox/"
+
+# Storage drivers whose content the guest produces or that the pod spec
+# asks for as volumes. virtio-fs and overlayfs would put host-controlled
+# files into the container; 9p has no handler.
+coco_storage_drivers := {"image_guest_pull", "local", "ephemeral", "blk", "mmioblk", "scsi"}
+
+# Kernel filesystems a container may mount without a storage.
+pseudo_filesystems := {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2"}
+
+container_rootfs := concat("", [kata_root, input.container_id, "/rootfs"])
+
+# p is dir or lies below it, with no "." or ".." component.
+within(p, dir) if {
+	startswith(concat("", [p, "/"]), concat("", [trim_suffix(dir, "/"), "/"]))
+	not dot_component(p)
+}
+
+dot_component(p) if {
+	some part in split(p, "/")
+	part in {".", ".."}
+}
+
+create_sandbox_refusals contains sprintf("storages[%d].driver %q is not allowed", [i, s.driver]) if {
+	some i, s in input.storages
+	not s.driver in coco_storage_drivers
+}
+
+create_sandbox_refusals contains sprintf("storages[%d].mount_point %q is not under %s", [i, s.mount_point, sandbox_dir]) if {
+	some i, s in input.storages
+	not within(s.mount_point, sandbox_dir)
+}
+
+create_container_refusals contains sprintf("storages[%d].driver %q is not allowed", [i, s.driver]) if {
+	some i, s in input.storages
+	not s.driver in coco_storage_drivers
+}
+
+create_container_refusals contains sprintf("storages[%d].mount_point %q is outside %s and %s%s/", [i, s.mount_point, sandbox_dir, kata_root, input.container_id]) if {
+	some i, s in input.storages
+	not within(s.mount_point, sandbox_dir)
+	not within(s.mount_point, concat("", [kata_root, input.container_id]))
+}
+
+# The rootfs is the image pulled in the guest: not a block device, a
+# host-shared directory or files the host copied in (kata GHSA-5fc8: a
+# malformed image made the runtime hot-plug a host disk as the rootfs).
+create_container_refusals contains sprintf("OCI.Root.Path %q is not %s", [input.OCI.Root.Path, container_rootfs]) if {
+	input.OCI.Root.Path != container_rootfs
+}
+
+create_container_refusals contains sprintf("storages[%d]: a %s storage cannot be the rootfs; the image is pulled in the guest", [i, s.driver]) if {
+	some i, s in input.storages
+	s.mount_point == container_rootfs
+	s.driver != "image_guest_pull"
+}
+
+create_container_refusals contains sprintf("no image_guest_pull storage provides the rootfs %s", [container_rootfs]) if {
+	input.OCI != null
+	not rootfs_pulled
+}
+
+rootfs_pulled if {
+	some s in input.storages
+	s.driver == "image_guest_pull"
+	s.mount_point == container_rootfs
+}
+
+bind_mount(m) if m.type_ == "bind"
+
+bind_mount(m) if {
+	some o in m.options
+	o in {"bind", "rbind"}
+}
+
+create_container_refusals contains sprintf("mount %s: type %q is not a pseudo filesystem", [m.destination, m.type_]) if {
+	some m in input.OCI.Mounts
+	not bind_mount(m)
+	not m.type_ in pseudo_filesystems
+}
+
+create_container_refusals contains sprintf("mount %s: bind source %q is outside %s, %s and this container's volumes", [m.destination, m.source, shared_dir, sandbox_dir]) if {
+	some m in input.OCI.Mounts
+	bind_mount(m)
+	not bind_source_allowed(m.source)
+}
+
+bind_source_allowed(src) if within(src, shared_dir)
+
+bind_source_allowed(src) if within(src, sandbox_dir)
+
+bind_source_allowed(src) if {
+	some s in input.storages
+	s.mount_point != container_rootfs
+	within(src, s.mount_point)
+}
+
 # CopyFile: only into the shared directory, no "..", and symlinks that stay
 # inside the directory they are created in.
 shared_dir := "/run/kata-containers/shared/containers/"
 
+# Kata's runtime names what it copies <container id>-<16 random hex>-<name>
+# (optionally under watchable/); nothing else, in particular no container
+# rootfs, is the host's to write.
+copy_file_name := `^/run/kata-containers/shared/containers/(watchable/)?[A-Za-z0-9][A-Za-z0-9_.-]*-[a-z0-9]{16}-[^/]`
+
 copy_file_refusals contains sprintf("path %q is not under %s", [input.path, shared_dir]) if {
 	not startswith(input.path, shared_dir)
+}
+
+copy_file_refusals contains sprintf("path %q is not <container id>-<16 hex>-<name> in %s", [input.path, shared_dir]) if {
+	startswith(input.path, shared_dir)
+	not regex.match(copy_file_name, input.path)
 }
 
 copy_file_refusals contains sprintf("path %q has a .. component", [input.path]) if {
