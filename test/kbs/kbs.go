@@ -95,6 +95,9 @@ type PolicyFunc func(ctx context.Context, in PolicyInput) error
 type Options struct {
 	// Addr is the listen address; "127.0.0.1:0" when empty.
 	Addr string
+	// CertNames are further host names or addresses the certificate
+	// names, e.g. 10.0.2.2 for a QEMU guest on user networking.
+	CertNames []string
 	// ResourceDir serves <dir>/<repo>/<type>/<tag>.
 	ResourceDir string
 	// Resources are served in addition ("repo/type/tag" → bytes),
@@ -217,7 +220,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dev KBS address %q: %w", o.Addr, err)
 	}
-	cert, caPEM, err := selfSigned(host)
+	cert, caPEM, err := selfSigned(host, o.CertNames...)
 	if err != nil {
 		return nil, err
 	}

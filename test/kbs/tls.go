@@ -13,10 +13,10 @@ import (
 	"time"
 )
 
-// selfSigned makes a P-256 certificate for host (plus localhost and the
-// loopback addresses) that is its own root, valid from two days ago for a
-// year, so guest clocks skewed by hours still accept it.
-func selfSigned(host string) (tls.Certificate, []byte, error) {
+// selfSigned makes a P-256 certificate for host and the extra names (plus
+// localhost and the loopback addresses) that is its own root, valid from two
+// days ago for a year, so guest clocks skewed by hours still accept it.
+func selfSigned(host string, extra ...string) (tls.Certificate, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, nil, err
@@ -38,10 +38,12 @@ func selfSigned(host string) (tls.Certificate, []byte, error) {
 		DNSNames:              []string{"localhost"},
 		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 	}
-	if ip := net.ParseIP(host); ip != nil && !ip.IsLoopback() && !ip.IsUnspecified() {
-		tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-	} else if ip == nil && host != "" && host != "localhost" {
-		tmpl.DNSNames = append(tmpl.DNSNames, host)
+	for _, h := range append([]string{host}, extra...) {
+		if ip := net.ParseIP(h); ip != nil && !ip.IsLoopback() && !ip.IsUnspecified() {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else if ip == nil && h != "" && h != "localhost" {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cova-project/cova/attester/sample"
+	"github.com/cova-project/cova/cdh/kbs"
+)
+
+// TestDevKBSBinary builds the command, starts it on a free port with a
+// resource directory, and fetches a resource through the real KBS client
+// (sample attestation, JWE-wrapped answer).
+func TestDevKBSBinary(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "cova-dev-kbs")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	res := filepath.Join(dir, "res", "default", "key", "demo")
+	if err := os.MkdirAll(filepath.Dir(res), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(res, []byte("the released secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ca := filepath.Join(dir, "ca.pem")
+	cmd := exec.Command(bin, "-addr", "127.0.0.1:0", "-resources", filepath.Join(dir, "res"), "-ca-out", ca, "-name", "10.0.2.2")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var url string
+	select {
+	case l := <-lines:
+		_, url, _ = strings.Cut(l, "listening on ")
+	case <-time.After(20 * time.Second):
+		t.Fatal("no listening line")
+	}
+	if !strings.HasPrefix(url, "https://127.0.0.1:") {
+		t.Fatalf("listening line gave %q", url)
+	}
+	pem, err := os.ReadFile(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kbs.New(kbs.Config{URL: url, ExtraRootCAs: string(pem), Primary: sample.New()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	got, err := c.Resource(ctx, "kbs:///default/key/demo")
+	if err != nil || string(got) != "the released secret" {
+		t.Fatalf("resource = %q, %v", got, err)
+	}
+	if _, err := c.Resource(ctx, "kbs:///default/key/missing"); err == nil {
+		t.Fatal("a missing resource was served")
+	}
+}
