@@ -6,12 +6,9 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -32,7 +29,6 @@ import (
 	"github.com/cova-project/cova/agent/copyfile"
 	"github.com/cova-project/cova/agent/guestpull"
 	"github.com/cova-project/cova/agent/network"
-	"github.com/cova-project/cova/agent/policy"
 	"github.com/cova-project/cova/agent/reaper"
 	"github.com/cova-project/cova/agent/sysinit"
 	"github.com/cova-project/cova/agent/transport"
@@ -138,6 +134,7 @@ func run(start time.Time) error {
 		return nil
 	}
 	vm := sysinit.IsPID1()
+	ph := newPhases(start)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if vm && (f.policy != "" || len(f.insecureRegistries) > 0) {
@@ -153,6 +150,7 @@ func run(start time.Time) error {
 		if err := sysinit.MountBase(ctx, log, sysinit.Options{}); err != nil {
 			return fmt.Errorf("mount base filesystems: %w", err)
 		}
+		ph.mark("mounts")
 	}
 	lo := config.LoadOptions{ConfigFileFlag: f.configFile}
 	if !vm {
@@ -171,6 +169,7 @@ func run(start time.Time) error {
 	if err != nil {
 		return err
 	}
+	ph.mark("config")
 	if f.listen != "" {
 		cfg.ServerAddr = f.listen
 		if err := cfg.Validate(); err != nil {
@@ -207,6 +206,7 @@ func run(start time.Time) error {
 		if err := sysinit.LoadModules(ctx, log, "/", cfg.KernelModules); err != nil {
 			return fmt.Errorf("load kernel modules: %w", err)
 		}
+		ph.mark("modules")
 	} else if err := sysinit.SetSubreaper(); err != nil {
 		return fmt.Errorf("become child subreaper: %w", err)
 	}
@@ -217,6 +217,7 @@ func run(start time.Time) error {
 	if err != nil {
 		return fmt.Errorf("attester: %w", err)
 	}
+	ph.mark("detect")
 	aaOpts := aaservice.StartOptions{Primary: primary, Additional: additional, Logger: base.With("component", "aa")}
 	initdataPolicy, cdhTOML := "", ""
 	var initdataTOML []byte
@@ -238,6 +239,7 @@ func run(start time.Time) error {
 		if id != nil {
 			initdataTOML = id.TOML
 		}
+		ph.mark("initdata")
 	} else {
 		aaOpts.Addr = "unix://" + filepath.Join(stateRoot, "attestation-agent", "attestation-agent.sock")
 		aaOpts.EventLogPath = filepath.Join(stateRoot, "attestation-agent", "eventlog")
@@ -261,13 +263,15 @@ func run(start time.Time) error {
 	if err != nil {
 		return fmt.Errorf("attestation agent: %w", err)
 	}
+	ph.mark("aa")
 	if err := rp.Start(ctx); err != nil {
 		return err
 	}
-	gate, err := loadPolicy(base.With("component", "policy"), cfg.PolicyFile, f.policy, initdataPolicy, vm)
+	ptext, psource, err := policySource(cfg.PolicyFile, f.policy, initdataPolicy, vm)
 	if err != nil {
 		return err
 	}
+	gate := startPolicy(base.With("component", "policy"), ptext, psource, start)
 	measure := measureWith(aaSvc)
 	puller, err := newPuller(base.With("component", "imagepull"), kataRoot, f.insecureRegistries, cdhTOML)
 	if err != nil {
@@ -283,11 +287,7 @@ func run(start time.Time) error {
 	}
 	pullDriver := guestpull.New(puller, measure, self, base.With("component", "guestpull")).
 		WithPullOptions(pullOptions(ip, resources, base.With("component", "sigpolicy")))
-	if e, ok := gate.(interface {
-		CheckPulledImage(ctx context.Context, containerID, image, digest string) error
-	}); ok {
-		pullDriver.WithImageCheck(e.CheckPulledImage)
-	}
+	pullDriver.WithImageCheck(gate.CheckPulledImage)
 	var unseal func(context.Context, string) ([]byte, error)
 	if resources != nil {
 		// Sealed secrets: signatures verified with keys from the KBS (the
@@ -305,12 +305,14 @@ func run(start time.Time) error {
 		return err
 	}
 
+	ph.mark("agent")
 	listeners, err := listen(ctx, log, cfg)
 	if err != nil {
 		return err
 	}
+	ph.mark("listen")
 	log.Info("agent listening", "version", agent.Version, "vm", vm, "addrs", addrs(listeners),
-		"startup_ms", float64(time.Since(start).Microseconds())/1000)
+		"startup_ms", float64(time.Since(start).Microseconds())/1000, "phases_ms", ph.String())
 	if vm {
 		go func() {
 			t0 := time.Now()
@@ -343,6 +345,18 @@ func run(start time.Time) error {
 
 	var wg sync.WaitGroup
 	errs := make(chan error, len(listeners))
+	policyErr := make(chan error, 1)
+	go func() {
+		// A policy that does not compile stops the agent: no gated request
+		// ever ran, and PID 1 powers off (fail closed, as kata aborts).
+		select {
+		case err := <-gate.Failed():
+			log.Error("policy failed to load; stopping", "err", err)
+			policyErr <- err
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	for _, l := range listeners {
 		wg.Add(1)
 		go func(l net.Listener) {
@@ -358,6 +372,11 @@ func run(start time.Time) error {
 	defer ccancel()
 	if err := a.Shutdown(cctx); err != nil {
 		log.Warn("shutdown", "err", err)
+	}
+	select {
+	case err := <-policyErr:
+		return err
+	default:
 	}
 	for err := range errs {
 		return err
@@ -419,41 +438,6 @@ func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRo
 		o.CgroupParent = "cova" // relative: nests under the agent's own cgroup
 	}
 	return agent.New(o)
-}
-
-// loadPolicy compiles the agent policy: initdata's policy.rego (measured),
-// else the --policy file, else the
-// configured policy_file when it exists, else the built-in CoCo default in a
-// VM (allow-all in host mode). A policy that exists but does not load stops
-// the agent: it fails closed.
-func loadPolicy(log *slog.Logger, configured, flagPath, fromInitdata string, vm bool) (agent.Gate, error) {
-	path := flagPath
-	if path == "" {
-		path = configured
-	}
-	var text, source string
-	data, err := os.ReadFile(path)
-	switch {
-	case fromInitdata != "":
-		text, source = fromInitdata, "initdata:policy.rego"
-	case err == nil:
-		text, source = string(data), path
-	case errors.Is(err, fs.ErrNotExist) && flagPath == "":
-		if vm {
-			text, source = policy.CocoDefaultPolicy(), "builtin:coco-default"
-		} else {
-			text, source = policy.AllowAllPolicy(), "builtin:allow-all (host mode)"
-		}
-	default:
-		return nil, fmt.Errorf("read policy %s: %w", path, err)
-	}
-	eng, err := policy.New(text, policy.Options{Logger: log, Name: source})
-	if err != nil {
-		return nil, fmt.Errorf("load policy %s: %w", source, err)
-	}
-	sum := sha256.Sum256([]byte(text))
-	log.Info("policy loaded", "source", source, "sha256", hex.EncodeToString(sum[:]))
-	return eng, nil
 }
 
 // measureWith records the agent's events through the in-process AA: an
@@ -563,3 +547,23 @@ func rootIsRAM() bool {
 	}
 	return st.Type == unix.RAMFS_MAGIC || st.Type == unix.TMPFS_MAGIC
 }
+
+// phases times the boot steps for the "agent listening" line.
+type phases struct {
+	last time.Time
+	b    strings.Builder
+}
+
+func newPhases(start time.Time) *phases { return &phases{last: start} }
+
+// mark records the time since the previous mark under name.
+func (p *phases) mark(name string) {
+	now := time.Now()
+	if p.b.Len() > 0 {
+		p.b.WriteByte(' ')
+	}
+	fmt.Fprintf(&p.b, "%s=%.1f", name, float64(now.Sub(p.last).Microseconds())/1000)
+	p.last = now
+}
+
+func (p *phases) String() string { return p.b.String() }
