@@ -76,7 +76,7 @@ done
 [[ -n "$wkt" ]] || die "google/protobuf/empty.proto not found; install Debian package libprotobuf-dev or set PROTOC_INCLUDE"
 
 # dirs are the proto packages under protocols/, one directory each.
-dirs=(grpc types aa)
+dirs=(grpc types aa cdh keyprovider)
 
 mapfile -t protos < <(find "${dirs[@]}" -name '*.proto' | sort)
 [[ ${#protos[@]} -gt 0 ]] || die "no .proto files under protocols/"
