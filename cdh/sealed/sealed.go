@@ -9,14 +9,19 @@
 //   - "envelope": the plaintext is encrypted_data, encrypted with a data
 //     key (A256GCM or A256CTR) that a KMS wraps; the provider unwraps it.
 //
+// Providers other than the built-in "kbs" one come from a kms.Providers
+// registry (package cdh/kms: "aws" in cdh/kms/aws); an unknown provider
+// fails with errdefs.ErrNotImplemented naming it.
+//
 // The signature (ES256 only) is verified by default with the P-256 public
 // JWK the header's kid names: a kbs:///repo/type/tag resource fetched
 // through the Resources getter (the KBS releases it only to an attested
 // guest). Unsigned strings such as the widely published
 // "sealed.fakejwsheader.<payload>.fakesignature" are accepted only when
-// Unsealer.SkipVerification is set, which must come from measured
-// configuration (cdh.toml skip_sealed_secret_verification in initdata),
-// never from the host.
+// verification is skipped (New with WithSkipVerification(true), or
+// Unsealer.SkipVerification), which must come from measured configuration
+// (cdh.toml skip_sealed_secret_verification in initdata), never from the
+// host.
 //
 // Errors wrap errdefs classes and never carry plaintext, keys or the
 // sealed payload; nothing secret is logged.
@@ -43,6 +48,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/cova-project/cova/cdh/kbs"
+	"github.com/cova-project/cova/cdh/kms"
 )
 
 // Prefix starts every sealed secret.
@@ -86,7 +92,8 @@ type Resources interface {
 
 // Decrypter unwraps an envelope secret's data key. keyID, providerSettings
 // and annotations come from the payload as written (the last two as JSON
-// objects).
+// objects). It is the older seam kept for existing callers; new providers
+// implement kms.Provider and go into Unsealer.Providers.
 type Decrypter interface {
 	Decrypt(ctx context.Context, encryptedKey []byte, keyID string, providerSettings, annotations json.RawMessage) ([]byte, error)
 }
@@ -106,14 +113,62 @@ type Unsealer struct {
 	// KeyDir, when set, resolves a kid that is not a resource URI to the
 	// file KeyDir/<kid> (a single plain file name). Empty refuses such kids.
 	KeyDir string
+	// Providers are the KMS providers for envelope and vault secrets,
+	// keyed by provider name ("kbs", "aws"…; matched ASCII
+	// case-insensitively). "kbs" falls back to kms.KBS{Resources} when
+	// absent.
+	Providers kms.Providers
 	// Decrypters are envelope providers besides the built-in "kbs" one,
-	// keyed by provider name ("aws", "aliyun", "ehsm"…).
+	// keyed by provider name; consulted after Providers. Deprecated: use
+	// Providers.
 	Decrypters map[string]Decrypter
 	// MaxSize bounds the sealed string; DefaultMaxSize when 0.
 	MaxSize int
 	// Logger receives one debug line per unsealed secret (type, provider,
 	// kid; never values); discarded when nil.
 	Logger *slog.Logger
+}
+
+// Option configures an Unsealer built by New.
+type Option func(*Unsealer)
+
+// WithSkipVerification turns the JWS signature check off when skip is
+// true. Pass only cdh.toml skip_sealed_secret_verification from measured
+// initdata; the default is to verify.
+func WithSkipVerification(skip bool) Option {
+	return func(u *Unsealer) { u.SkipVerification = skip }
+}
+
+// WithProviders sets the KMS provider registry.
+func WithProviders(p kms.Providers) Option {
+	return func(u *Unsealer) { u.Providers = p }
+}
+
+// WithKeyDir resolves kids that are plain file names in dir (normally
+// DefaultKeyDir).
+func WithKeyDir(dir string) Option {
+	return func(u *Unsealer) { u.KeyDir = dir }
+}
+
+// WithMaxSize bounds the sealed string.
+func WithMaxSize(n int) Option {
+	return func(u *Unsealer) { u.MaxSize = n }
+}
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option {
+	return func(u *Unsealer) { u.Logger = l }
+}
+
+// New returns an Unsealer that fetches signing keys and KBS-held secrets
+// through resources. Signatures are verified unless
+// WithSkipVerification(true) is given.
+func New(resources Resources, opts ...Option) *Unsealer {
+	u := &Unsealer{Resources: resources}
+	for _, o := range opts {
+		o(u)
+	}
+	return u
 }
 
 // IsSealed reports whether s is meant as a sealed secret (starts with
@@ -381,20 +436,80 @@ func parseP256JWK(raw []byte) (*ecdsa.PublicKey, error) {
 }
 
 func (u *Unsealer) vault(ctx context.Context, p *payload) ([]byte, error) {
-	if p.Provider != ProviderKBS {
-		return nil, fmt.Errorf("sealed secret: vault provider %q: %w", clip(p.Provider), errdefs.ErrNotImplemented)
-	}
-	if _, err := kbs.ParseResourceURI(p.Name); err != nil {
-		return nil, fmt.Errorf("sealed secret: payload name: %w", err)
-	}
-	if u.Resources == nil {
-		return nil, fmt.Errorf("sealed secret: vault %q: no resource getter configured: %w", clip(p.Name), errdefs.ErrFailedPrecondition)
-	}
-	out, err := u.Resources.GetResource(ctx, p.Name)
+	settings, annotations, err := p.objects()
 	if err != nil {
-		return nil, fmt.Errorf("sealed secret: fetching vault secret %q: %w", clip(p.Name), err)
+		return nil, err
+	}
+	var g kms.SecretGetter
+	if u.isBuiltinKBS(p.Provider) {
+		g = kms.KBS{Resources: u.Resources}
+	} else if g, err = u.Providers.SecretGetter(ctx, p.Provider, settings); err != nil {
+		return nil, fmt.Errorf("sealed secret: vault: %w", err)
+	}
+	out, err := g.GetSecret(ctx, p.Name, annotations)
+	if err != nil {
+		return nil, fmt.Errorf("sealed secret: vault provider %q, name %q: %w", clip(p.Provider), clip(p.Name), err)
 	}
 	return out, nil
+}
+
+// isBuiltinKBS reports whether provider is "kbs" and the registry has no
+// entry for it, so the built-in kms.KBS over Resources serves it.
+func (u *Unsealer) isBuiltinKBS(provider string) bool {
+	if !strings.EqualFold(provider, ProviderKBS) {
+		return false
+	}
+	_, err := u.Providers.Lookup(provider)
+	return err != nil
+}
+
+// objects returns provider_settings and annotations as maps.
+func (p *payload) objects() (kms.Settings, kms.Annotations, error) {
+	s, err := kms.ParseObject("payload provider_settings", p.ProviderSettings)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sealed secret: %w", err)
+	}
+	a, err := kms.ParseObject("payload annotations", p.Annotations)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sealed secret: %w", err)
+	}
+	return s, a, nil
+}
+
+// dataKey unwraps the envelope's data key with the provider's decrypter:
+// Providers first, then the legacy Decrypters, then the built-in kbs one.
+func (u *Unsealer) dataKey(ctx context.Context, p *payload, ek []byte) ([]byte, error) {
+	settings, annotations, err := p.objects()
+	if err != nil {
+		return nil, err
+	}
+	var dec kms.Decrypter
+	if _, lerr := u.Providers.Lookup(p.Provider); lerr == nil {
+		if dec, err = u.Providers.Decrypter(ctx, p.Provider, settings); err != nil {
+			return nil, fmt.Errorf("sealed secret: envelope: %w", err)
+		}
+	} else if legacy := u.Decrypters[p.Provider]; legacy != nil {
+		dec = legacyDecrypter{legacy, p}
+	} else if strings.EqualFold(p.Provider, ProviderKBS) {
+		dec = kms.KBS{Resources: u.Resources}
+	} else {
+		return nil, fmt.Errorf("sealed secret: envelope provider %q: %w", clip(p.Provider), errdefs.ErrNotImplemented)
+	}
+	dek, err := dec.Decrypt(ctx, ek, p.KeyID, annotations)
+	if err != nil {
+		return nil, fmt.Errorf("sealed secret: unwrapping data key with provider %q, key_id %q: %w", clip(p.Provider), clip(p.KeyID), err)
+	}
+	return dek, nil
+}
+
+// legacyDecrypter adapts a Decrypter to kms.Decrypter for one payload.
+type legacyDecrypter struct {
+	d Decrypter
+	p *payload
+}
+
+func (l legacyDecrypter) Decrypt(ctx context.Context, ek []byte, keyID string, _ kms.Annotations) ([]byte, error) {
+	return l.d.Decrypt(ctx, ek, keyID, l.p.ProviderSettings, l.p.Annotations)
 }
 
 func (u *Unsealer) envelope(ctx context.Context, p *payload) ([]byte, error) {
@@ -426,15 +541,9 @@ func (u *Unsealer) envelope(ctx context.Context, p *payload) ([]byte, error) {
 	default:
 		return nil, invalid("payload wrap_type %q: want %s or %s", clip(p.WrapType), WrapA256GCM, WrapA256CTR)
 	}
-	var dec Decrypter
-	if p.Provider == ProviderKBS {
-		dec = KBSDecrypter{Resources: u.Resources}
-	} else if dec = u.Decrypters[p.Provider]; dec == nil {
-		return nil, fmt.Errorf("sealed secret: envelope provider %q: %w", clip(p.Provider), errdefs.ErrNotImplemented)
-	}
-	dek, err := dec.Decrypt(ctx, ek, p.KeyID, p.ProviderSettings, p.Annotations)
+	dek, err := u.dataKey(ctx, p, ek)
 	if err != nil {
-		return nil, fmt.Errorf("sealed secret: unwrapping data key with provider %q, key_id %q: %w", clip(p.Provider), clip(p.KeyID), err)
+		return nil, err
 	}
 	defer clear(dek)
 	if len(dek) != 32 {
@@ -460,51 +569,15 @@ func (u *Unsealer) envelope(ctx context.Context, p *payload) ([]byte, error) {
 	return out, nil
 }
 
-// KBSDecrypter is the "kbs" envelope provider, a Cova extension (the
-// reference CDH's kbs provider only serves vault secrets): key_id is a
-// kbs:///repo/type/tag resource holding a 32-byte AES-256 key encryption
-// key, and encrypted_key is a 12-byte nonce followed by the AES-256-GCM
-// encryption (ciphertext‖16-byte tag, no AAD) of the 32-byte data key.
+// KBSDecrypter is the "kbs" envelope provider in the older Decrypter shape;
+// it is kms.KBS (see there for the Cova key-wrapping format).
 type KBSDecrypter struct {
 	Resources Resources
 }
 
 // Decrypt fetches the KEK from the KBS and unwraps the data key.
 func (d KBSDecrypter) Decrypt(ctx context.Context, encryptedKey []byte, keyID string, _, _ json.RawMessage) ([]byte, error) {
-	u, err := kbs.ParseResourceURI(keyID)
-	if err != nil {
-		return nil, fmt.Errorf("key_id: %w", err)
-	}
-	if u.Plugin != kbs.ResourcePlugin {
-		return nil, fmt.Errorf("key_id: want a kbs:///repo/type/tag resource: %w", errdefs.ErrInvalidArgument)
-	}
-	if d.Resources == nil {
-		return nil, fmt.Errorf("no resource getter configured: %w", errdefs.ErrFailedPrecondition)
-	}
-	kek, err := d.Resources.GetResource(ctx, keyID)
-	if err != nil {
-		return nil, fmt.Errorf("fetching key encryption key: %w", err)
-	}
-	defer clear(kek)
-	if len(kek) != 32 {
-		return nil, fmt.Errorf("key encryption key is %d bytes, want 32: %w", len(kek), errdefs.ErrFailedPrecondition)
-	}
-	if len(encryptedKey) < 12+16 {
-		return nil, fmt.Errorf("encrypted_key: shorter than nonce and tag: %w", errdefs.ErrInvalidArgument)
-	}
-	block, err := aes.NewCipher(kek)
-	if err != nil {
-		return nil, fmt.Errorf("key encryption key: %w", errdefs.ErrInvalidArgument)
-	}
-	gcm, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, fmt.Errorf("key encryption key: %w", errdefs.ErrInternal)
-	}
-	dek, err := gcm.Open(nil, encryptedKey[:12], encryptedKey[12:], nil)
-	if err != nil {
-		return nil, fmt.Errorf("encrypted_key: authentication failed: %w", errdefs.ErrInvalidArgument)
-	}
-	return dek, nil
+	return kms.KBS{Resources: d.Resources}.Decrypt(ctx, encryptedKey, keyID, nil)
 }
 
 // clip bounds and sanitizes a payload-supplied string before it enters an
