@@ -98,6 +98,13 @@ type Config struct {
 	MaxZstdWindow uint64
 	// Logger receives progress; nil discards.
 	Logger *slog.Logger
+	// ProgressInterval is how often a layer download in progress is
+	// logged (bytes, seconds, MB/s); default 10 s, negative: never. Every
+	// layer is also logged when done.
+	ProgressInterval time.Duration
+	// PullOptions, if set, gives PullImage its per-pull options (signature
+	// verifier, layer key provider); an error fails that pull.
+	PullOptions func(ctx context.Context) (PullOptions, error)
 }
 
 // Puller pulls images into one layer store. It is safe for concurrent use.
@@ -106,6 +113,9 @@ type Puller struct {
 	reg   *registry.Client
 	store *store.Store
 	log   *slog.Logger
+
+	metrics pullMetrics
+	bundles bundles
 }
 
 // New builds a Puller and opens its store.
@@ -121,6 +131,9 @@ func New(cfg Config) (*Puller, error) {
 	}
 	if cfg.Platform.OS == "" {
 		cfg.Platform = oci.DefaultPlatform()
+	}
+	if cfg.ProgressInterval == 0 {
+		cfg.ProgressInterval = 10 * time.Second
 	}
 	if cfg.MaxZstdWindow == 0 {
 		cfg.MaxZstdWindow = 64 << 20
@@ -191,8 +204,21 @@ type PullStats struct {
 
 // Pull pulls ref and takes a reference on each of its layers; call Release
 // when no container uses the image any more.
-func (p *Puller) Pull(ctx context.Context, refStr string, opts PullOptions) (*Image, error) {
+func (p *Puller) Pull(ctx context.Context, refStr string, opts PullOptions) (_ *Image, retErr error) {
 	start := time.Now()
+	p.metrics.started.Add(1)
+	p.metrics.inProgress.Add(1)
+	defer func() {
+		d := time.Since(start)
+		p.metrics.inProgress.Add(-1)
+		p.metrics.nanos.Add(uint64(d))
+		if retErr != nil {
+			p.metrics.failed.Add(1)
+			return
+		}
+		p.metrics.succeeded.Add(1)
+		p.metrics.lastNanos.Store(uint64(d))
+	}()
 	ref, err := reference.Parse(refStr)
 	if err != nil {
 		return nil, err
@@ -265,7 +291,7 @@ func (p *Puller) Pull(ctx context.Context, refStr string, opts PullOptions) (*Im
 	log.Info("image pulled", "manifest", info.Digest.String(), "layers", len(m.Layers),
 		"fetched", img.Stats.LayersFetched, "reused", img.Stats.LayersReused,
 		"blob_bytes", img.Stats.BlobBytes, "unpacked_bytes", img.Stats.UnpackedBytes,
-		"seconds", img.Stats.Duration.Seconds())
+		"seconds", roundSecs(img.Stats.Duration.Seconds()), "mb_per_s", mbPerSec(img.Stats.BlobBytes, img.Stats.Duration.Seconds()))
 	return img, nil
 }
 
@@ -311,11 +337,15 @@ func (p *Puller) pullLayers(ctx context.Context, repo *registry.Repo, layers []o
 			img.Layers[i] = dir
 			if cached {
 				img.Stats.LayersReused++
+				p.metrics.layersCache.Add(1)
 				return
 			}
 			img.Stats.LayersFetched++
+			p.metrics.layersFetched.Add(1)
+			p.metrics.bytesUnpack.Add(uint64(max(ls.unpacked.Bytes, 0)))
 			if ciphers[i] != nil {
 				img.Stats.LayersDecrypted++
+				p.metrics.layersDecrypted.Add(1)
 			}
 			img.Stats.BlobBytes += ls.blobBytes
 			img.Stats.UnpackedBytes += ls.unpacked.Bytes

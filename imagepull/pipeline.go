@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -36,9 +38,15 @@ var (
 // (checked by the decrypting reader at EOF) and the diffID all match.
 // Until then what was unpacked is unauthenticated and stays in staging,
 // which the store removes on error.
-func (p *Puller) fetchLayer(ctx context.Context, repo *registry.Repo, desc oci.Descriptor, diffID oci.Digest, crypt *ocicrypt.Layer, staging string, log *slog.Logger) (layerStats, error) {
+func (p *Puller) fetchLayer(ctx context.Context, repo *registry.Repo, desc oci.Descriptor, diffID oci.Digest, crypt *ocicrypt.Layer, staging string, log *slog.Logger) (st layerStats, retErr error) {
 	start := time.Now()
-	var st layerStats
+	counted := &countReader{}
+	defer func() {
+		p.metrics.bytesFetched.Add(uint64(counted.n.Load()))
+		if retErr != nil {
+			p.metrics.layersFailed.Add(1)
+		}
+	}()
 	// Cancelled first on return, so that closing the pipe never waits on
 	// a stalled registry read.
 	ctx, cancel := context.WithCancel(ctx)
@@ -48,7 +56,12 @@ func (p *Puller) fetchLayer(ctx context.Context, repo *registry.Repo, desc oci.D
 		return st, err
 	}
 	defer blob.Close()
-	counted := &countReader{r: blob}
+	counted.r = blob
+	if iv := p.cfg.ProgressInterval; iv > 0 {
+		stop := make(chan struct{})
+		defer close(stop)
+		go layerProgress(ctx, stop, iv, log, desc, counted, start)
+	}
 	var src io.Reader = counted
 	if crypt != nil {
 		src = crypt.NewReader(counted)
@@ -129,12 +142,47 @@ func (p *Puller) fetchLayer(ctx context.Context, repo *registry.Repo, desc oci.D
 	if err := checkDiffID(); err != nil {
 		return st, fmt.Errorf("diffID: %w", err)
 	}
-	st.blobBytes = counted.n
+	st.blobBytes = counted.n.Load()
 	secs := time.Since(start).Seconds()
-	log.Info("layer pulled", "digest", desc.Digest.String(), "compression", comp.String(), "encrypted", crypt != nil, "blob_bytes", counted.n,
-		"unpacked_bytes", st.unpacked.Bytes, "entries", st.unpacked.Entries, "seconds", secs)
+	log.Info("layer pulled", "digest", desc.Digest.String(), "compression", comp.String(), "encrypted", crypt != nil,
+		"blob_bytes", st.blobBytes, "unpacked_bytes", st.unpacked.Bytes, "entries", st.unpacked.Entries,
+		"seconds", roundSecs(secs), "mb_per_s", mbPerSec(st.blobBytes, secs), "unpacked_mb_per_s", mbPerSec(st.unpacked.Bytes, secs))
 	return st, nil
 }
+
+// layerProgress logs a download's progress every iv until stop or ctx
+// ends: bytes so far, the blob size, seconds and MB/s (10^6 bytes).
+func layerProgress(ctx context.Context, stop <-chan struct{}, iv time.Duration, log *slog.Logger, desc oci.Descriptor, c *countReader, start time.Time) {
+	t := time.NewTicker(iv)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n := c.n.Load()
+			secs := time.Since(start).Seconds()
+			pct := 0.0
+			if desc.Size > 0 {
+				pct = math.Round(float64(n)*1000/float64(desc.Size)) / 10
+			}
+			log.Info("layer progress", "digest", desc.Digest.String(), "bytes", n, "size", desc.Size, "percent", pct,
+				"seconds", roundSecs(secs), "mb_per_s", mbPerSec(n, secs))
+		}
+	}
+}
+
+// mbPerSec is n bytes over secs in MB/s (10^6 bytes), to 0.1.
+func mbPerSec(n int64, secs float64) float64 {
+	if secs <= 0 {
+		return 0
+	}
+	return math.Round(float64(n)/1e6/secs*10) / 10
+}
+
+func roundSecs(s float64) float64 { return math.Round(s*1000) / 1000 }
 
 // decodeErr marks decompressor failures as a bad layer unless they carry a
 // class (a registry error surfacing through the decompressor).
@@ -147,14 +195,15 @@ func decodeErr(err error) error {
 	return fmt.Errorf("%v: %w", err, unpack.ErrInvalidArchive)
 }
 
+// countReader counts what it reads; n may be read concurrently (progress).
 type countReader struct {
 	r io.Reader
-	n int64
+	n atomic.Int64
 }
 
 func (c *countReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
 }
 

@@ -3,16 +3,33 @@ package registry
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 
 	"github.com/containerd/errdefs"
 )
 
-// Credential is a user name and password for one registry scope.
+// Credential is a user name and password for one registry scope. Its
+// String, GoString and LogValue methods never show the password.
 type Credential struct {
 	Username string
 	Password string
+}
+
+// String shows the user name only.
+func (c Credential) String() string { return c.Username + ":<redacted>" }
+
+// GoString shows the user name only (for %#v).
+func (c Credential) GoString() string {
+	return fmt.Sprintf("registry.Credential{Username:%q, Password:<redacted>}", c.Username)
+}
+
+// LogValue keeps the password out of slog output.
+func (c Credential) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("username", c.Username), slog.String("password", "<redacted>"))
 }
 
 // AuthFile is a parsed containers auth.json: `{"auths":{KEY:{"auth":B64}}}`.
@@ -41,7 +58,9 @@ func ParseAuthFile(b []byte) (*AuthFile, error) {
 	}
 	var doc authJSON
 	if err := json.Unmarshal(b, &doc); err != nil {
-		return nil, fmt.Errorf("auth file: decoding JSON: %v: %w", err, errdefs.ErrInvalidArgument)
+		// encoding/json errors can quote a character of the input (a
+		// secret); keep only where and what kind of error it is.
+		return nil, fmt.Errorf("auth file: decoding JSON: %s: %w", jsonErrorSummary(err), errdefs.ErrInvalidArgument)
 	}
 	af := &AuthFile{entries: make(map[string]Credential, len(doc.Auths))}
 	for key, e := range doc.Auths {
@@ -108,5 +127,22 @@ func (a *AuthFile) Lookup(host, repo string) (Credential, bool) {
 			return Credential{}, false
 		}
 		key = key[:i]
+	}
+}
+
+// jsonErrorSummary describes a JSON decoding error without any of the
+// input's content.
+func jsonErrorSummary(err error) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return fmt.Sprintf("syntax error at byte %d", se.Offset)
+	case errors.As(err, &te):
+		return fmt.Sprintf("field %q: a JSON %s is not allowed here", te.Field, te.Value)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "truncated document"
+	default:
+		return "not a JSON object"
 	}
 }

@@ -86,6 +86,29 @@ func parseChallenges(h http.Header) []challenge {
 	return out
 }
 
+// authFile returns the credentials: Config.Auth, or what Config.AuthLoader
+// returns (loaded on the first registry that asks for credentials, kept
+// once loaded; a failed load is tried again on the next challenge).
+func (c *Client) authFile(ctx context.Context) (*AuthFile, error) {
+	if c.auth != nil || c.authLoader == nil {
+		return c.auth, nil
+	}
+	c.authMu.Lock()
+	defer c.authMu.Unlock()
+	if c.loaded != nil {
+		return c.loaded, nil
+	}
+	af, err := c.authLoader(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("loading registry credentials: %w", err)
+	}
+	if af == nil {
+		af = &AuthFile{}
+	}
+	c.loaded = af
+	return af, nil
+}
+
 // authState holds the Authorization header for one repository endpoint.
 type authState struct {
 	mu     sync.Mutex
@@ -113,9 +136,13 @@ func (r *Repo) authenticate(ctx context.Context, resp *http.Response, gen int) e
 	if a.gen != gen && a.header != "" {
 		return nil
 	}
-	cred, haveCred := r.c.auth.Lookup(r.ep.host, r.ep.repo)
+	af, err := r.c.authFile(ctx)
+	if err != nil {
+		return fmt.Errorf("registry %s asks for credentials: %w", r.ep.host, err)
+	}
+	cred, haveCred := af.Lookup(r.ep.host, r.ep.repo)
 	if r.ep.host == "registry-1.docker.io" && !haveCred {
-		cred, haveCred = r.c.auth.Lookup("docker.io", r.ep.repo)
+		cred, haveCred = af.Lookup("docker.io", r.ep.repo)
 	}
 	chs := parseChallenges(resp.Header)
 	for _, ch := range chs {

@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -33,8 +34,14 @@ type Config struct {
 	// permission and blocking. References no entry matches go straight to
 	// their registry over HTTPS.
 	Registries []Registry
-	// Auth holds credentials; nil means anonymous everywhere.
+	// Auth holds credentials; nil means anonymous everywhere unless
+	// AuthLoader is set.
 	Auth *AuthFile
+	// AuthLoader, used when Auth is nil, loads the credentials when a
+	// registry first asks for them (so that a KBS-held auth.json is only
+	// fetched when needed, and an anonymous pull never needs the KBS).
+	// A successful result is kept; a failure fails that pull only.
+	AuthLoader func(ctx context.Context) (*AuthFile, error)
 	// ExtraRootCAs are PEM certificates trusted besides the system pool.
 	ExtraRootCAs [][]byte
 	// Proxy, if set, is used for registry and token requests.
@@ -68,6 +75,9 @@ type Stats struct {
 type Client struct {
 	registries   []Registry
 	auth         *AuthFile
+	authLoader   func(ctx context.Context) (*AuthFile, error)
+	authMu       sync.Mutex
+	loaded       *AuthFile
 	http         *http.Client
 	userAgent    string
 	maxRetryWait time.Duration
@@ -89,6 +99,7 @@ func New(cfg Config) (*Client, error) {
 	c := &Client{
 		registries:   append([]Registry(nil), cfg.Registries...),
 		auth:         cfg.Auth,
+		authLoader:   cfg.AuthLoader,
 		userAgent:    cfg.UserAgent,
 		maxRetryWait: cfg.MaxRetryWait,
 		retries:      cfg.Retries,

@@ -9,9 +9,11 @@
 // signing" signatures from a file:// lookaside store, registries.d
 // layout) and sigstoreSigned (cosign signatures with public keys, read
 // from the "sha256-<hex>.sig" tag of the image's repository), with every
-// signedIdentity variant. Keyless sigstore (fulcio, pki, Rekor) is
-// ErrNotImplemented, so a policy that asks for it is refused rather than
-// weakened.
+// signedIdentity variant. Keyless sigstore (fulcio with Rekor) is checked
+// as containers/image does (certificate chain to the Fulcio CA at the
+// Rekor integrated time, OIDC issuer and email, the Rekor SET); pki and
+// Rekor with public keys are ErrNotImplemented, so a policy that asks for
+// them is refused rather than weakened.
 //
 // Semantics follow containers/image, with two deliberate differences for
 // CoCo compatibility: a sigstoreSigned keyData may be PEM text (image-rs)
@@ -73,8 +75,9 @@ type Requirement struct {
 	// SignedIdentity defaults to matchRepoDigestOrExact.
 	SignedIdentity *Identity `json:"signedIdentity,omitempty"`
 
-	// Keyless sigstore: parsed only to be refused.
-	Fulcio              json.RawMessage `json:"fulcio,omitempty"`
+	// Keyless sigstore (sigstoreSigned): Fulcio certificates with a Rekor
+	// SET, verified with the Rekor public key(s). PKI is refused.
+	Fulcio              *Fulcio         `json:"fulcio,omitempty"`
 	PKI                 json.RawMessage `json:"pki,omitempty"`
 	RekorPublicKeyPath  string          `json:"rekorPublicKeyPath,omitempty"`
 	RekorPublicKeyPaths []string        `json:"rekorPublicKeyPaths,omitempty"`
@@ -188,8 +191,29 @@ func (r *Requirement) validate(f string) error {
 		if r.KeyType != "" {
 			return fmt.Errorf("%s.keyType: not used by sigstoreSigned: %w", f, errdefs.ErrInvalidArgument)
 		}
+		if r.PKI != nil {
+			return fmt.Errorf("%s.pki: X.509 PKI signatures are not supported; use fulcio or keys: %w", f, errdefs.ErrNotImplemented)
+		}
+		if r.Fulcio != nil {
+			if keySources > 0 {
+				return fmt.Errorf("%s: fulcio and keyPath/keyPaths/keyData/keyDatas are exclusive: %w", f, errdefs.ErrInvalidArgument)
+			}
+			if err := r.Fulcio.validate(f + ".fulcio"); err != nil {
+				return err
+			}
+			if r.rekorSources() != 1 {
+				return fmt.Errorf("%s: fulcio needs exactly one of rekorPublicKeyPath, rekorPublicKeyPaths, rekorPublicKeyData, rekorPublicKeyDatas: %w", f, errdefs.ErrInvalidArgument)
+			}
+			if (r.RekorPublicKeyPaths != nil && len(r.RekorPublicKeyPaths) == 0) || (r.RekorPublicKeyDatas != nil && len(r.RekorPublicKeyDatas) == 0) {
+				return fmt.Errorf("%s: empty Rekor key list: %w", f, errdefs.ErrInvalidArgument)
+			}
+			if r.SignedIdentity != nil {
+				return r.SignedIdentity.validate(f + ".signedIdentity")
+			}
+			return nil
+		}
 		if keyless {
-			return fmt.Errorf("%s: keyless sigstore (fulcio, pki, Rekor) is not supported; use keyPath/keyData: %w", f, errdefs.ErrNotImplemented)
+			return fmt.Errorf("%s: Rekor with public keys is not supported (Rekor is checked for fulcio signatures): %w", f, errdefs.ErrNotImplemented)
 		}
 	default:
 		return fmt.Errorf("%s.type %q: unknown: %w", f, r.Type, errdefs.ErrInvalidArgument)

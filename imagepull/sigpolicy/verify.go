@@ -235,38 +235,18 @@ func (v *Verifier) gpgKeys(ctx context.Context, r *Requirement) (openpgp.EntityL
 }
 
 // keyMaterial returns the raw key data of r: files or resources for
-// keyPath(s), decoded keyData(s).
+// keyPath(s), decoded keyData(s) (PEM or armored text as is, as image-rs
+// writes sigstoreSigned keyData; otherwise base64, as containers/image).
 func (v *Verifier) keyMaterial(ctx context.Context, r *Requirement) ([][]byte, error) {
-	var out [][]byte
 	paths := r.KeyPaths
 	if r.KeyPath != "" {
 		paths = []string{r.KeyPath}
-	}
-	for _, p := range paths {
-		b, err := imagepull.ReadResource(ctx, v.opts.Resources, p, 1<<20)
-		if err != nil {
-			return nil, fmt.Errorf("loading key: %w", err)
-		}
-		out = append(out, b)
 	}
 	datas := r.KeyDatas
 	if r.KeyData != "" {
 		datas = []string{r.KeyData}
 	}
-	for i, d := range datas {
-		// PEM or armored text as is (image-rs writes sigstoreSigned keyData
-		// as PEM); otherwise base64 (containers/image).
-		if strings.HasPrefix(strings.TrimSpace(d), "-----BEGIN ") {
-			out = append(out, []byte(d))
-			continue
-		}
-		b, err := base64.StdEncoding.DecodeString(d)
-		if err != nil {
-			return nil, fmt.Errorf("keyData %d: neither base64 nor PEM: %w", i, errdefs.ErrInvalidArgument)
-		}
-		out = append(out, b)
-	}
-	return out, nil
+	return v.loadMaterial(ctx, "key", paths, datas)
 }
 
 // ---- sigstoreSigned (cosign signatures with public keys) ----
@@ -284,7 +264,16 @@ type cosignManifest struct {
 }
 
 func (v *Verifier) checkSigstore(ctx context.Context, r *Requirement, m imagepull.ManifestInfo) error {
-	keys, err := v.publicKeys(ctx, r)
+	var (
+		keys []crypto.PublicKey
+		kt   *keylessTrust
+		err  error
+	)
+	if r.Fulcio != nil {
+		kt, err = v.keylessTrust(ctx, r)
+	} else {
+		keys, err = v.publicKeys(ctx, r)
+	}
 	if err != nil {
 		return err
 	}
@@ -310,7 +299,7 @@ func (v *Verifier) checkSigstore(ctx context.Context, r *Requirement, m imagepul
 			return fmt.Errorf("%s: %d signatures is over the limit of %d: %w", tag, len(sm.Layers), maxCosignLayers, errdefs.ErrInvalidArgument)
 		}
 		for i, l := range sm.Layers {
-			if err := v.checkCosignLayer(ctx, m, r, keys, l, d); err != nil {
+			if err := v.checkCosignLayer(ctx, m, r, keys, kt, l, d); err != nil {
 				if errdefs.IsUnavailable(err) || errors.Is(err, context.Canceled) {
 					return err
 				}
@@ -323,7 +312,10 @@ func (v *Verifier) checkSigstore(ctx context.Context, r *Requirement, m imagepul
 	return rej.err("image is not signed (no cosign signature tag)")
 }
 
-func (v *Verifier) checkCosignLayer(ctx context.Context, m imagepull.ManifestInfo, r *Requirement, keys []crypto.PublicKey, l oci.Descriptor, d oci.Digest) error {
+// checkCosignLayer checks one signature: with keys, or (keyless, kt set)
+// with the key of its Fulcio certificate once that and its Rekor bundle
+// verify.
+func (v *Verifier) checkCosignLayer(ctx context.Context, m imagepull.ManifestInfo, r *Requirement, keys []crypto.PublicKey, kt *keylessTrust, l oci.Descriptor, d oci.Digest) error {
 	if l.MediaType != cosignPayloadMediaType {
 		return fmt.Errorf("media type %q is not a cosign simple-signing payload", clip(l.MediaType))
 	}
@@ -341,6 +333,13 @@ func (v *Verifier) checkCosignLayer(ctx context.Context, m imagepull.ManifestInf
 	body, err := m.Artifacts.FetchBlob(ctx, l, maxCosignPayload)
 	if err != nil {
 		return fmt.Errorf("fetching payload: %w", err)
+	}
+	if kt != nil {
+		k, err := kt.verifyKeyless(r.Fulcio, l.Annotations, sigB64, body)
+		if err != nil {
+			return err
+		}
+		keys = []crypto.PublicKey{k}
 	}
 	if !verifyWithAny(keys, body, sig) {
 		return errors.New("signature does not verify with any trusted key")
@@ -389,35 +388,43 @@ func (v *Verifier) publicKeys(ctx context.Context, r *Requirement) ([]crypto.Pub
 	}
 	var keys []crypto.PublicKey
 	for i, d := range datas {
-		rest := d
-		found := 0
-		for {
-			var block *pem.Block
-			block, rest = pem.Decode(rest)
-			if block == nil {
-				break
-			}
-			if block.Type != "PUBLIC KEY" {
-				continue
-			}
-			pub, err := x509.ParsePKIXPublicKey(block.Bytes)
-			if err != nil {
-				return nil, fmt.Errorf("public key %d: %v: %w", i, err, errdefs.ErrInvalidArgument)
-			}
-			switch pub.(type) {
-			case *ecdsa.PublicKey, *rsa.PublicKey, ed25519.PublicKey:
-			default:
-				return nil, fmt.Errorf("public key %d: type %T: %w", i, pub, errdefs.ErrNotImplemented)
-			}
-			keys = append(keys, pub)
-			found++
+		ks, err := parsePublicKeys(d, i)
+		if err != nil {
+			return nil, err
 		}
-		if found == 0 {
-			return nil, fmt.Errorf("public key %d: no PEM PUBLIC KEY block: %w", i, errdefs.ErrInvalidArgument)
-		}
+		keys = append(keys, ks...)
 	}
 	v.mu.Lock()
 	v.keys[r] = keys
 	v.mu.Unlock()
+	return keys, nil
+}
+
+// parsePublicKeys returns the PEM PUBLIC KEY blocks of d (key number i).
+func parsePublicKeys(d []byte, i int) ([]crypto.PublicKey, error) {
+	var keys []crypto.PublicKey
+	for rest := d; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "PUBLIC KEY" {
+			continue
+		}
+		pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("public key %d: %v: %w", i, err, errdefs.ErrInvalidArgument)
+		}
+		switch pub.(type) {
+		case *ecdsa.PublicKey, *rsa.PublicKey, ed25519.PublicKey:
+		default:
+			return nil, fmt.Errorf("public key %d: type %T: %w", i, pub, errdefs.ErrNotImplemented)
+		}
+		keys = append(keys, pub)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("public key %d: no PEM PUBLIC KEY block: %w", i, errdefs.ErrInvalidArgument)
+	}
 	return keys, nil
 }

@@ -73,7 +73,8 @@ func pubPEM(t testing.TB, key crypto.Signer) []byte {
 type cosignLayer struct {
 	payload []byte
 	sig     string
-	media   string // default cosign's payload type
+	media   string            // default cosign's payload type
+	ann     map[string]string // more annotations (keyless: certificate, chain, bundle)
 }
 
 // cosignManifestFor builds the ".sig" manifest (and its blobs) holding the
@@ -90,8 +91,11 @@ func cosignManifestFor(layers ...cosignLayer) (manifest []byte, blobs map[oci.Di
 		if mt == "" {
 			mt = cosignPayloadMediaType
 		}
-		descs = append(descs, oci.Descriptor{MediaType: mt, Digest: d, Size: int64(len(l.payload)),
-			Annotations: map[string]string{cosignSigAnnotation: l.sig}})
+		ann := map[string]string{cosignSigAnnotation: l.sig}
+		for k, v := range l.ann {
+			ann[k] = v
+		}
+		descs = append(descs, oci.Descriptor{MediaType: mt, Digest: d, Size: int64(len(l.payload)), Annotations: ann})
 		diffIDs = append(diffIDs, d.String())
 	}
 	cfg, _ := json.Marshal(map[string]any{"architecture": "", "os": "", "config": map[string]any{},
