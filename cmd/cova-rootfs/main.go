@@ -4,12 +4,18 @@
 //	cova-rootfs build --agent bin/cova-agent --out initrd.img \
 //	    [--kernel-modules DIR --modules a,b] [--add SRC:DST]... [--compress gzip|none]
 //	cova-rootfs digest FILE...
+//	cova-rootfs refvalues [--kernel K] [--initrd I] [--cmdline C] [--initdata F] \
+//	    [--firmware seabios] [--tpm-pcr N=HEX]... [--ovmf F --vcpus N --vcpu-type T --guest-features X] [--rvps-message]
 //
 // build is reproducible: the same inputs give the same bytes. Every entry is
 // stamped with SOURCE_DATE_EPOCH (0 when unset). It prints the output's
 // digests and, with modules, the agent.kernel_modules value that loads them
 // in dependency order. digest prints BSD-style lines ("SHA256 (FILE) = HEX")
-// that `sha256sum -c` and `sha384sum -c` check.
+// that `sha256sum -c` and `sha384sum -c` check. refvalues prints the
+// reference values a verifier expects for those artifacts as trustee's RVPS
+// "sample" provenance (name -> list of hex values), or wrapped as an RVPS
+// message; package rootfs/refvalues documents the names and how each value
+// is derived.
 package main
 
 import (
@@ -43,7 +49,9 @@ func main() {
 const usage = `usage:
   cova-rootfs build --agent FILE --out FILE [--kernel-modules DIR --modules a,b] [--kernel-release REL]
                     [--add SRC:DST]... [--compress gzip|none]
-  cova-rootfs digest FILE...`
+  cova-rootfs digest FILE...
+  cova-rootfs refvalues [--kernel K] [--initrd I] [--cmdline C] [--initdata F] [--firmware seabios]
+                    [--tpm-pcr N=HEX]... [--ovmf F [--vcpus N] [--vcpu-type T] [--guest-features X]] [--rvps-message]`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -55,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdBuild(ctx, args[1:], stdout, stderr)
 	case "digest":
 		return cmdDigest(args[1:], stdout, stderr)
+	case "refvalues":
+		return cmdRefvalues(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, usage)
 		return nil

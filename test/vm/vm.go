@@ -6,7 +6,9 @@
 // The guest kernel is Debian's cloud kernel, downloaded and unpacked but
 // never installed (fetch-kernel.sh). The tests beside this file build the
 // initrd with package rootfs, boot it, run busybox containers and assert
-// that DestroySandbox powers the VM off.
+// that DestroySandbox powers the VM off. Config.TPM adds a TPM 2.0 (TIS)
+// backed by a swtpm (SWTPM), which the guest kernel's built-in tpm_tis
+// driver turns into the agent's /dev/tpm0.
 package vm
 
 import (
@@ -105,6 +107,11 @@ type Config struct {
 	// Net adds a virtio-net NIC (MAC GuestMAC) on QEMU user networking: the
 	// guest reaches the host's loopback services at 10.0.2.2.
 	Net bool
+	// TPM is the control socket of a swtpm (SWTPM.CtrlSocket): QEMU adds a
+	// TPM 2.0 TIS device backed by it. The guest kernel's built-in tpm_tis
+	// driver then gives the agent /dev/tpm0 (use the bzImage: the PVH
+	// vmlinux entry disables PnP ACPI, which hides the TIS device).
+	TPM string
 }
 
 // GuestMAC is the MAC of the NIC Config.Net adds.
@@ -128,6 +135,12 @@ func (c Config) Args() []string {
 		"-device", "virtio-serial-pci,id=vser0,romfile=",
 		"-chardev", "socket,id=ch0,path=" + sock + ",server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,chardev=ch0,name=" + PortName,
+	}
+	if c.TPM != "" {
+		args = append(args,
+			"-chardev", "socket,id=chrtpm,path="+c.TPM,
+			"-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+			"-device", "tpm-tis,tpmdev=tpm0")
 	}
 	if c.Net {
 		args = append(args, "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,mac="+GuestMAC+",romfile=")

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/cova-project/cova/rootfs/refvalues"
+)
+
+// pcrFlag is a repeatable N=HEX flag.
+type pcrFlag map[int][]byte
+
+func (p pcrFlag) String() string { return fmt.Sprint(map[int][]byte(p)) }
+
+func (p pcrFlag) Set(s string) error {
+	n, h, ok := strings.Cut(s, "=")
+	if !ok {
+		return errors.New("want N=HEX")
+	}
+	i, err := strconv.Atoi(n)
+	if err != nil || i < 0 || i > 23 {
+		return fmt.Errorf("PCR index %q: want 0..23", n)
+	}
+	b, err := hex.DecodeString(strings.TrimPrefix(h, "0x"))
+	if err != nil || len(b) != 32 {
+		return fmt.Errorf("PCR %d value: want 64 hex digits (SHA-256)", i)
+	}
+	if _, dup := p[i]; dup {
+		return fmt.Errorf("PCR %d given twice", i)
+	}
+	p[i] = b
+	return nil
+}
+
+// maxInitdata bounds the initdata file read (the guest's own limit).
+const maxInitdata = 8 << 20
+
+func cmdRefvalues(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("refvalues", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		in       refvalues.Inputs
+		initdata string
+		message  bool
+		snp      refvalues.SNPInputs
+		features string
+		pcrs     = pcrFlag{}
+	)
+	fs.StringVar(&in.Kernel, "kernel", "", "kernel image (bzImage) as booted")
+	fs.StringVar(&in.Initrd, "initrd", "", "initrd as booted")
+	fs.StringVar(&in.Cmdline, "cmdline", "", "the whole kernel command line as passed (QEMU -append)")
+	fs.StringVar(&initdata, "initdata", "", "initdata TOML document, exactly as delivered to the guest")
+	fs.StringVar(&in.Firmware, "firmware", "", "seabios: add the vTPM PCRs a SeaBIOS direct boot determines (0, 3, 5, 6, 7; 10 with --tpm-pcr 1, 2 and 4)")
+	fs.Var(pcrs, "tpm-pcr", "N=HEX: a vTPM PCR value known from a reference boot of the same machine (repeatable)")
+	fs.StringVar(&snp.OVMF, "ovmf", "", "OVMF image (edk2 AmdSevX64 build): add snp_launch_measurement of the direct boot")
+	fs.IntVar(&snp.VCPUs, "vcpus", 1, "SEV-SNP: number of vCPUs")
+	fs.StringVar(&snp.VCPUType, "vcpu-type", "EPYC-v4", "SEV-SNP: QEMU CPU model")
+	fs.StringVar(&features, "guest-features", "0x21", "SEV-SNP: SEV_FEATURES of the VMSA")
+	fs.BoolVar(&message, "rvps-message", false, "print an RVPS message (type sample, base64 payload) instead of the bare provenance")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("refvalues: unexpected arguments %q", fs.Args())
+	}
+	fs.Visit(func(f *flag.Flag) { in.HasCmdline = in.HasCmdline || f.Name == "cmdline" })
+	if in.Kernel == "" && in.Initrd == "" && !in.HasCmdline && initdata == "" && in.Firmware == "" && len(pcrs) == 0 {
+		return errors.New("refvalues: nothing to compute: give --kernel, --initrd, --cmdline, --initdata, --firmware or --tpm-pcr")
+	}
+	if len(pcrs) > 0 {
+		in.TPMPCRs = pcrs
+	}
+	if initdata != "" {
+		b, err := readLimited(initdata, maxInitdata)
+		if err != nil {
+			return fmt.Errorf("refvalues: --initdata: %w", err)
+		}
+		in.Initdata = b
+	}
+	if snp.OVMF != "" {
+		f, err := strconv.ParseUint(features, 0, 64)
+		if err != nil {
+			return fmt.Errorf("refvalues: --guest-features %q: not a number", features)
+		}
+		snp.GuestFeatures = f
+		in.SNP = &snp
+	}
+	v, err := refvalues.Compute(in)
+	if err != nil {
+		return fmt.Errorf("refvalues: %w", err)
+	}
+	var out []byte
+	if message {
+		out, err = v.RVPSMessage()
+	} else {
+		out, err = v.SampleJSON()
+	}
+	if err != nil {
+		return fmt.Errorf("refvalues: %w", err)
+	}
+	_, err = fmt.Fprintf(stdout, "%s\n", out)
+	return err
+}
+
+// readLimited reads a file of at most limit bytes.
+func readLimited(p string, limit int64) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s: larger than %d bytes", p, limit)
+	}
+	return b, nil
+}
