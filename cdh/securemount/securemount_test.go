@@ -1,0 +1,551 @@
+package securemount
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+
+	"github.com/cova-project/cova/cdh/securemount/luks2"
+	"github.com/cova-project/cova/mount/dm"
+)
+
+// marker is key material that must never show up in logs or errors.
+const marker = "MARKER-KEY-5ec7e7"
+
+type createCall struct {
+	name, uuid string
+	targets    []dm.Target
+	ro         bool
+}
+
+type fakeMapper struct {
+	creates   []createCall
+	removes   []string
+	createErr error
+	devDir    string
+}
+
+func (m *fakeMapper) CreateDevice(_ context.Context, name, uuid string, targets []dm.Target, ro bool) (string, error) {
+	m.creates = append(m.creates, createCall{name, uuid, targets, ro})
+	if m.createErr != nil {
+		return "", m.createErr
+	}
+	return filepath.Join(m.devDir, "mapper", name), nil
+}
+
+func (m *fakeMapper) RemoveDevice(_ context.Context, name string) error {
+	m.removes = append(m.removes, name)
+	return nil
+}
+
+type fakeKeys struct {
+	unsealed, fetched []string
+	key               []byte
+	err               error
+}
+
+func (k *fakeKeys) Unseal(_ context.Context, s string) ([]byte, error) {
+	k.unsealed = append(k.unsealed, s)
+	return append([]byte(nil), k.key...), k.err
+}
+
+func (k *fakeKeys) GetResource(_ context.Context, uri string) ([]byte, error) {
+	k.fetched = append(k.fetched, uri)
+	return append([]byte(nil), k.key...), k.err
+}
+
+type mountCall struct {
+	source, target, fstype string
+	flags                  uintptr
+}
+
+// counter is a deterministic Rand: bytes 0, 1, 2, …
+type counter struct{ n byte }
+
+func (c *counter) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = c.n
+		c.n++
+	}
+	return len(p), nil
+}
+
+type env struct {
+	t        *testing.T
+	svc      *Service
+	mapper   *fakeMapper
+	keys     *fakeKeys
+	runs     [][]string
+	runErr   error
+	mounts   []mountCall
+	unmounts []string
+	mountErr error
+	logs     bytes.Buffer
+	sys, dir string
+	devs     map[string][2]uint32
+}
+
+func newEnv(t *testing.T) *env {
+	e := &env{t: t, sys: t.TempDir(), dir: t.TempDir(), devs: map[string][2]uint32{}}
+	e.mapper = &fakeMapper{devDir: filepath.Join(e.dir, "dev")}
+	e.keys = &fakeKeys{key: []byte(marker)}
+	e.addBlock(254, 1, "vdb", 2*1024*1024+5) // 1 GiB + 5 sectors
+	svc, err := New(Config{
+		Log:    slog.New(slog.NewTextHandler(&e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Keys:   e.keys,
+		Mapper: e.mapper,
+		Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
+			e.runs = append(e.runs, append([]string{name}, args...))
+			if e.runErr != nil {
+				return []byte("mke2fs: bad things"), e.runErr
+			}
+			return nil, nil
+		},
+		Mount: func(source, target, fstype string, flags uintptr, data string) error {
+			e.mounts = append(e.mounts, mountCall{source, target, fstype, flags})
+			return e.mountErr
+		},
+		Unmount: func(target string, flags int) error { e.unmounts = append(e.unmounts, target); return nil },
+		StatDevice: func(p string) (uint32, uint32, error) {
+			d, ok := e.devs[p]
+			if !ok {
+				return 0, 0, fmt.Errorf("stat %s: %w", p, os.ErrNotExist)
+			}
+			return d[0], d[1], nil
+		},
+		SysDir: e.sys,
+		DevDir: filepath.Join(e.dir, "dev"),
+		Rand:   &counter{},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.svc = svc
+	return e
+}
+
+// addBlock makes /sys/dev/block/MAJ:MIN/{uevent,size}.
+func (e *env) addBlock(major, minor uint32, name string, sectors uint64) {
+	d := filepath.Join(e.sys, "dev", "block", fmt.Sprintf("%d:%d", major, minor))
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(d, "uevent"), []byte(fmt.Sprintf("MAJOR=%d\nMINOR=%d\nDEVNAME=%s\nDEVTYPE=disk\n", major, minor, name)), 0o644)
+	os.WriteFile(filepath.Join(d, "size"), []byte(fmt.Sprintf("%d\n", sectors)), 0o644)
+	e.devs[filepath.Join(e.dir, "dev", name)] = [2]uint32{major, minor}
+}
+
+// noLeak fails if the key marker (raw or hex) is in the logs or err.
+func (e *env) noLeak(err error, extra ...[]byte) {
+	e.t.Helper()
+	secrets := append([][]byte{[]byte(marker), []byte(hex.EncodeToString([]byte(marker)))}, extra...)
+	for _, s := range secrets {
+		if err != nil && strings.Contains(err.Error(), string(s)) {
+			e.t.Fatalf("error leaks key material: %v", err)
+		}
+		if bytes.Contains(e.logs.Bytes(), s) {
+			e.t.Fatalf("logs leak key material:\n%s", e.logs.String())
+		}
+	}
+}
+
+func (e *env) mp() string { return filepath.Join(e.dir, "mnt", "vol") }
+
+func TestEphemeralFileSystem(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	got, err := e.svc.SecureMount(ctx, VolumeBlockDevice, EphemeralOptions("254:1", false), nil, e.mp())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != e.mp() {
+		t.Errorf("returned %q, want the mount point", got)
+	}
+	if len(e.mapper.creates) != 1 {
+		t.Fatalf("creates %v", e.mapper.creates)
+	}
+	c := e.mapper.creates[0]
+	// Rand: 8 name bytes 00..07, then the 64-byte volume key 08..47.
+	wantName := "cova-sm-0001020304050607"
+	var vk []byte
+	for i := 8; i < 72; i++ {
+		vk = append(vk, byte(i))
+	}
+	wantTable := fmt.Sprintf("aes-xts-plain64 %x 0 254:1 0 1 sector_size:4096", vk)
+	if c.name != wantName || c.uuid != "CRYPT-PLAIN-"+wantName || c.ro || len(c.targets) != 1 {
+		t.Fatalf("create %+v", c)
+	}
+	tg := c.targets[0]
+	if tg.Type != "crypt" || tg.Params != wantTable || tg.Length != 2*1024*1024 || !tg.Secret {
+		t.Fatalf("target %d %d %s %q secret %v\nwant params %q length %d", tg.Start, tg.Length, tg.Type, tg.Params, tg.Secret, wantTable, 2*1024*1024)
+	}
+	devPath := filepath.Join(e.dir, "dev", "mapper", wantName)
+	wantRun := []string{"mkfs.ext4", "-F", "-O", "^has_journal", "-m", "0", "-i", "163840", "-I", "128", devPath}
+	if len(e.runs) != 1 || strings.Join(e.runs[0], " ") != strings.Join(wantRun, " ") {
+		t.Fatalf("runs %q, want %q", e.runs, wantRun)
+	}
+	if len(e.mounts) != 1 || e.mounts[0] != (mountCall{devPath, e.mp(), "ext4", unix.MS_NOATIME | unix.MS_NOSUID | unix.MS_NODEV}) {
+		t.Fatalf("mounts %+v", e.mounts)
+	}
+	if st, err := os.Stat(e.mp()); err != nil || !st.IsDir() {
+		t.Fatalf("mount point not created: %v", err)
+	}
+	e.noLeak(nil, []byte(hex.EncodeToString(vk)))
+
+	if _, err := e.svc.SecureMount(ctx, VolumeBlockDevice, EphemeralOptions("254:1", false), nil, e.mp()); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("second mount at the same point: %v", err)
+	}
+	if err := e.svc.Unmount(ctx, e.mp()); err != nil {
+		t.Fatal(err)
+	}
+	if len(e.unmounts) != 1 || e.unmounts[0] != e.mp() || len(e.mapper.removes) != 1 || e.mapper.removes[0] != wantName {
+		t.Fatalf("unmounts %v removes %v", e.unmounts, e.mapper.removes)
+	}
+	if err := e.svc.Unmount(ctx, e.mp()); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("second unmount: %v", err)
+	}
+}
+
+func TestDeviceTargetAndDevicePath(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if err := os.MkdirAll(filepath.Dir(e.mp()), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	opts := map[string]string{
+		OptDevicePath: filepath.Join(e.dir, "dev", "vdb"), OptSourceType: SourceEmpty,
+		OptEncryptionType: EncryptionLUKS2, OptTargetType: TargetDevice, OptMapperName: "scratch",
+	}
+	if _, err := e.svc.SecureMount(ctx, VolumeBlockDevice, opts, nil, e.mp()); err != nil {
+		t.Fatal(err)
+	}
+	link, err := os.Readlink(e.mp())
+	if err != nil || link != filepath.Join(e.dir, "dev", "mapper", "scratch") {
+		t.Fatalf("link %q, %v", link, err)
+	}
+	if len(e.runs) != 0 || len(e.mounts) != 0 {
+		t.Fatalf("device target ran %v / mounted %v", e.runs, e.mounts)
+	}
+	if p := e.mapper.creates[0].targets[0].Params; !strings.Contains(p, " 254:1 0 ") {
+		t.Fatalf("table %q does not name 254:1", p)
+	}
+	if err := e.svc.Unmount(ctx, e.mp()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(e.mp()); !errors.Is(err, os.ErrNotExist) || len(e.mapper.removes) != 1 {
+		t.Fatalf("link still there (%v) or device not removed %v", err, e.mapper.removes)
+	}
+}
+
+func base() map[string]string {
+	return map[string]string{OptDeviceID: "254:1", OptSourceType: SourceEmpty, OptEncryptionType: EncryptionLUKS2, OptTargetType: TargetFS}
+}
+
+func with(kv ...string) map[string]string {
+	m := base()
+	for i := 0; i+1 < len(kv); i += 2 {
+		if kv[i+1] == "<del>" {
+			delete(m, kv[i])
+		} else {
+			m[kv[i]] = kv[i+1]
+		}
+	}
+	return m
+}
+
+func TestOptionErrors(t *testing.T) {
+	tests := []struct {
+		name  string
+		vt    string
+		opts  map[string]string
+		flags []string
+		mp    string
+		field string
+		class error
+	}{
+		{"volume type", "alibaba-cloud-oss", base(), nil, "", "volume_type", errdefs.ErrNotImplemented},
+		{"flags", "", base(), []string{"ro"}, "", "flags", errdefs.ErrInvalidArgument},
+		{"unknown option", "", with("colour", "blue"), nil, "", "colour", errdefs.ErrInvalidArgument},
+		{"relative mount point", "", base(), nil, "mnt", "mount_point", errdefs.ErrInvalidArgument},
+		{"dotdot mount point", "", base(), nil, "/run/../etc", "mount_point", errdefs.ErrInvalidArgument},
+		{"no device", "", with(OptDeviceID, "<del>"), nil, "", OptDeviceID, errdefs.ErrInvalidArgument},
+		{"bad device id", "", with(OptDeviceID, "254"), nil, "", OptDeviceID, errdefs.ErrInvalidArgument},
+		{"bad device id numbers", "", with(OptDeviceID, "a:b"), nil, "", OptDeviceID, errdefs.ErrInvalidArgument},
+		{"relative device path", "", with(OptDeviceID, "<del>", OptDevicePath, "dev/vdb"), nil, "", OptDevicePath, errdefs.ErrInvalidArgument},
+		{"no encryption type", "", with(OptEncryptionType, "<del>"), nil, "", OptEncryptionType, errdefs.ErrInvalidArgument},
+		{"zfs", "", with(OptEncryptionType, "zfs"), nil, "", OptEncryptionType, errdefs.ErrNotImplemented},
+		{"luks1", "", with(OptEncryptionType, "luks1"), nil, "", OptEncryptionType, errdefs.ErrInvalidArgument},
+		{"no source type", "", with(OptSourceType, "<del>"), nil, "", OptSourceType, errdefs.ErrInvalidArgument},
+		{"bad source type", "", with(OptSourceType, "full"), nil, "", OptSourceType, errdefs.ErrInvalidArgument},
+		{"bad key scheme", "", with(OptKey, "https://kbs/key"), nil, "", OptKey, errdefs.ErrInvalidArgument},
+		{"empty key", "", with(OptKey, ""), nil, "", OptKey, errdefs.ErrInvalidArgument},
+		{"bad kbs uri", "", with(OptKey, "kbs:///a/../b"), nil, "", OptKey, errdefs.ErrInvalidArgument},
+		{"relative key file", "", with(OptKey, "file://key"), nil, "", OptKey, errdefs.ErrInvalidArgument},
+		{"encrypted without key", "", with(OptSourceType, SourceEncrypted), nil, "", OptKey, errdefs.ErrInvalidArgument},
+		{"bad integrity", "", with(OptDataIntegrity, "yes"), nil, "", OptDataIntegrity, errdefs.ErrInvalidArgument},
+		{"integrity", "", with(OptDataIntegrity, "true"), nil, "", OptDataIntegrity, errdefs.ErrNotImplemented},
+		{"bad mapper name", "", with(OptMapperName, "a/b"), nil, "", OptMapperName, errdefs.ErrInvalidArgument},
+		{"no target type", "", with(OptTargetType, "<del>"), nil, "", OptTargetType, errdefs.ErrInvalidArgument},
+		{"bad target type", "", with(OptTargetType, "filesystem"), nil, "", OptTargetType, errdefs.ErrInvalidArgument},
+		{"fs type for device", "", with(OptTargetType, TargetDevice, OptFilesystemType, "ext4"), nil, "", OptFilesystemType, errdefs.ErrInvalidArgument},
+		{"xfs", "", with(OptFilesystemType, "xfs"), nil, "", OptFilesystemType, errdefs.ErrInvalidArgument},
+		{"mkfs on encrypted", "", with(OptSourceType, SourceEncrypted, OptKey, "file:///k", OptMkfsOpts, "-m 0"), nil, "", OptMkfsOpts, errdefs.ErrInvalidArgument},
+		{"too many mkfs args", "", with(OptMkfsOpts, strings.Repeat("-q ", 33)), nil, "", OptMkfsOpts, errdefs.ErrInvalidArgument},
+		{"NUL in option", "", with(OptMkfsOpts, "-m\x000"), nil, "", OptMkfsOpts, errdefs.ErrInvalidArgument},
+		{"legacy and new", "", with("encryptType", "LUKS"), nil, "", "encryptType", errdefs.ErrInvalidArgument},
+		{"legacy other", "", map[string]string{OptDeviceID: "254:1", "encryptType": "bitlocker"}, nil, "", "encryptType", errdefs.ErrNotImplemented},
+		{"missing device", "", with(OptDeviceID, "8:9"), nil, "", OptDeviceID, errdefs.ErrNotFound},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			vt, mp := tc.vt, tc.mp
+			if vt == "" {
+				vt = VolumeBlockDevice
+			}
+			if mp == "" {
+				mp = e.mp()
+			}
+			_, err := e.svc.SecureMount(context.Background(), vt, tc.opts, tc.flags, mp)
+			if !errors.Is(err, tc.class) || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("error %v, want %v naming %q", err, tc.class, tc.field)
+			}
+			if len(e.mapper.creates) != 0 || len(e.runs) != 0 || len(e.mounts) != 0 {
+				t.Fatalf("a rejected request reached the system: %v %v %v", e.mapper.creates, e.runs, e.mounts)
+			}
+		})
+	}
+}
+
+func TestLegacyKataOptions(t *testing.T) {
+	e := newEnv(t)
+	opts := map[string]string{OptDeviceID: "254:1", "encryptType": "LUKS", OptDataIntegrity: "false"}
+	if _, err := e.svc.SecureMount(context.Background(), VolumeBlockDevice, opts, nil, e.mp()); err != nil {
+		t.Fatal(err)
+	}
+	if len(e.runs) != 1 || e.runs[0][0] != "mkfs.ext4" || len(e.mounts) != 1 {
+		t.Fatalf("legacy request did not make and mount ext4: %v %v", e.runs, e.mounts)
+	}
+}
+
+func TestKeySources(t *testing.T) {
+	keyFile := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(keyFile, []byte(marker), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sealedKey := "sealed.eyJhbGciOiJFUzI1NiJ9.payload.sig"
+	tests := []struct {
+		name     string
+		key      string
+		keys     func(*fakeKeys)
+		nilKeys  bool
+		unsealed int
+		fetched  int
+		class    error
+	}{
+		{name: "sealed", key: sealedKey, unsealed: 1},
+		{name: "kbs", key: "kbs:///default/disk/key1", fetched: 1},
+		{name: "file", key: "file://" + keyFile},
+		{name: "missing file", key: "file:///nonexistent/key", class: os.ErrNotExist},
+		{name: "kbs refuses", key: "kbs:///default/disk/key1", keys: func(k *fakeKeys) { k.err = fmt.Errorf("denied: %w", errdefs.ErrPermissionDenied) }, fetched: 1, class: errdefs.ErrPermissionDenied},
+		{name: "empty key", key: "kbs:///default/disk/key1", keys: func(k *fakeKeys) { k.key = nil }, fetched: 1, class: errdefs.ErrInvalidArgument},
+		{name: "no key service", key: sealedKey, nilKeys: true, class: errdefs.ErrFailedPrecondition},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			if tc.keys != nil {
+				tc.keys(e.keys)
+			}
+			if tc.nilKeys {
+				e.svc.cfg.Keys = nil
+			}
+			_, err := e.svc.SecureMount(context.Background(), VolumeBlockDevice, with(OptKey, tc.key), nil, e.mp())
+			if tc.class == nil && err != nil || tc.class != nil && !errors.Is(err, tc.class) {
+				t.Fatalf("error %v, want %v", err, tc.class)
+			}
+			if len(e.keys.unsealed) != tc.unsealed || len(e.keys.fetched) != tc.fetched {
+				t.Fatalf("unsealed %v fetched %v", e.keys.unsealed, e.keys.fetched)
+			}
+			if tc.unsealed == 1 && e.keys.unsealed[0] != sealedKey {
+				t.Fatalf("unsealed %q", e.keys.unsealed[0])
+			}
+			if tc.class != nil && len(e.mapper.creates) != 0 {
+				t.Fatal("a key failure still created a device")
+			}
+			if err != nil && tc.class != nil && !strings.Contains(err.Error(), OptKey) {
+				t.Fatalf("key error does not name the option: %v", err)
+			}
+			e.noLeak(err)
+			if tc.class == nil {
+				// An empty source gets a fresh volume key, not the given one.
+				if p := e.mapper.creates[0].targets[0].Params; strings.Contains(p, hex.EncodeToString([]byte(marker))) {
+					t.Fatalf("the passphrase became the volume key: %q", p)
+				}
+			}
+		})
+	}
+}
+
+func TestFailuresCleanUp(t *testing.T) {
+	t.Run("mkfs fails", func(t *testing.T) {
+		e := newEnv(t)
+		e.runErr = errors.New("exit status 1")
+		_, err := e.svc.SecureMount(context.Background(), VolumeBlockDevice, with(OptKey, "kbs:///a/b/c"), nil, e.mp())
+		if err == nil || !strings.Contains(err.Error(), "mke2fs: bad things") {
+			t.Fatalf("error %v, want the mkfs output", err)
+		}
+		if len(e.mapper.removes) != 1 || len(e.mounts) != 0 {
+			t.Fatalf("removes %v mounts %v", e.mapper.removes, e.mounts)
+		}
+		e.noLeak(err)
+	})
+	t.Run("mount fails", func(t *testing.T) {
+		e := newEnv(t)
+		e.mountErr = unix.EINVAL
+		_, err := e.svc.SecureMount(context.Background(), VolumeBlockDevice, base(), nil, e.mp())
+		if !errors.Is(err, unix.EINVAL) || len(e.mapper.removes) != 1 {
+			t.Fatalf("error %v removes %v", err, e.mapper.removes)
+		}
+		// The mount point is free again.
+		e.mountErr = nil
+		if _, err := e.svc.SecureMount(context.Background(), VolumeBlockDevice, base(), nil, e.mp()); err != nil {
+			t.Fatalf("retry after a failure: %v", err)
+		}
+	})
+	t.Run("dm fails", func(t *testing.T) {
+		e := newEnv(t)
+		e.mapper.createErr = fmt.Errorf("device-mapper create: %w", errdefs.ErrAlreadyExists)
+		_, err := e.svc.SecureMount(context.Background(), VolumeBlockDevice, base(), nil, e.mp())
+		if !errors.Is(err, errdefs.ErrAlreadyExists) || len(e.runs) != 0 || len(e.mapper.removes) != 0 {
+			t.Fatalf("error %v runs %v removes %v", err, e.runs, e.mapper.removes)
+		}
+	})
+	t.Run("tiny device", func(t *testing.T) {
+		e := newEnv(t)
+		e.addBlock(7, 3, "loop3", 7)
+		_, err := e.svc.SecureMount(context.Background(), VolumeBlockDevice, with(OptDeviceID, "7:3"), nil, e.mp())
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || len(e.mapper.creates) != 0 {
+			t.Fatalf("error %v creates %v", err, e.mapper.creates)
+		}
+	})
+}
+
+// TestEncryptedSource opens a LUKS2 image made by luks2.Format the way a
+// device formatted elsewhere would be opened.
+func TestEncryptedSource(t *testing.T) {
+	e := newEnv(t)
+	img := filepath.Join(e.dir, "dev", "vdc")
+	if err := os.MkdirAll(filepath.Dir(img), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(20 << 20); err != nil {
+		t.Fatal(err)
+	}
+	vol, err := luks2.Format(f, []byte(marker), luks2.FormatOptions{KDF: luks2.KDF{Type: "pbkdf2", Iterations: 1000}, UUID: "01234567-89ab-4cde-8f01-23456789abcd"})
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.addBlock(254, 2, "vdc", 20<<20/512)
+	opts := with(OptDeviceID, "254:2", OptSourceType, SourceEncrypted, OptKey, "kbs:///default/disk/k", OptMapperName, "data")
+	if _, err := e.svc.SecureMount(context.Background(), VolumeBlockDevice, opts, nil, e.mp()); err != nil {
+		t.Fatal(err)
+	}
+	c := e.mapper.creates[0]
+	want := fmt.Sprintf("aes-xts-plain64 %x 0 254:2 32768 1 sector_size:4096", vol.Key)
+	if len(c.targets) != 1 || c.targets[0].Params != want || c.targets[0].Length != (20<<20-16<<20)/512 {
+		t.Fatalf("target %+v\nwant params %q", c.targets, want)
+	}
+	if c.uuid != "CRYPT-LUKS2-0123456789ab4cde8f0123456789abcd-data" {
+		t.Fatalf("dm uuid %q", c.uuid)
+	}
+	if len(e.runs) != 0 {
+		t.Fatalf("an encrypted source was formatted: %v", e.runs)
+	}
+	if len(e.mounts) != 1 || e.mounts[0].source != filepath.Join(e.dir, "dev", "mapper", "data") {
+		t.Fatalf("mounts %+v", e.mounts)
+	}
+	e.noLeak(nil, []byte(hex.EncodeToString(vol.Key)))
+
+	t.Run("wrong key", func(t *testing.T) {
+		e2 := newEnv(t)
+		e2.keys.key = []byte("not the passphrase")
+		e2.addBlock(254, 2, "vdc", 20<<20/512)
+		e2.svc.cfg.OpenDevice = func(string) (io.ReaderAt, io.Closer, error) {
+			f, err := os.Open(img)
+			return f, f, err
+		}
+		_, err := e2.svc.SecureMount(context.Background(), VolumeBlockDevice, opts, nil, e2.mp())
+		if !errors.Is(err, luks2.ErrWrongKey) || !errors.Is(err, errdefs.ErrPermissionDenied) || len(e2.mapper.creates) != 0 {
+			t.Fatalf("error %v creates %v", err, e2.mapper.creates)
+		}
+	})
+	t.Run("not luks", func(t *testing.T) {
+		e3 := newEnv(t)
+		opts := maps.Clone(opts)
+		opts[OptDeviceID] = "254:1"
+		e3.svc.cfg.OpenDevice = func(string) (io.ReaderAt, io.Closer, error) {
+			r := bytes.NewReader(make([]byte, 1<<20))
+			return r, io.NopCloser(nil), nil
+		}
+		_, err := e3.svc.SecureMount(context.Background(), VolumeBlockDevice, opts, nil, e3.mp())
+		if err == nil || !strings.Contains(err.Error(), "LUKS2") || len(e3.mapper.creates) != 0 {
+			t.Fatalf("error %v", err)
+		}
+	})
+}
+
+func TestNewNeedsMapper(t *testing.T) {
+	if _, err := New(Config{}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("New without a mapper: %v", err)
+	}
+}
+
+func TestKeyFuncs(t *testing.T) {
+	ctx := context.Background()
+	var empty KeyFuncs
+	if _, err := empty.Unseal(ctx, "sealed.x"); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("nil UnsealFunc: %v", err)
+	}
+	if _, err := empty.GetResource(ctx, "kbs:///a/b/c"); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("nil ResourceFunc: %v", err)
+	}
+	k := KeyFuncs{
+		UnsealFunc:   func(_ context.Context, s string) ([]byte, error) { return []byte("u:" + s), nil },
+		ResourceFunc: func(_ context.Context, u string) ([]byte, error) { return []byte("r:" + u), nil },
+	}
+	if b, _ := k.Unseal(ctx, "s"); string(b) != "u:s" {
+		t.Errorf("Unseal gave %q", b)
+	}
+	if b, _ := k.GetResource(ctx, "kbs:///a/b/c"); string(b) != "r:kbs:///a/b/c" {
+		t.Errorf("GetResource gave %q", b)
+	}
+}
+
+func TestRunTool(t *testing.T) {
+	t.Setenv("PATH", "")
+	if _, err := runTool(context.Background(), "no-such-tool-cova"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("missing tool: %v", err)
+	}
+	// "true" lives in /usr/bin or /bin on every Debian machine.
+	if _, err := runTool(context.Background(), "true"); err != nil {
+		t.Fatalf("tool from the fixed directories without PATH: %v", err)
+	}
+}
