@@ -5,7 +5,8 @@
 // by which each TEE fits a report-data digest into its hardware field.
 //
 // Implementations live in subpackages (attester/sample, attester/snp,
-// attester/tdx, attester/tpm); each produces evidence JSON byte-compatible with
+// attester/tdx, attester/tpm, attester/azsnpvtpm, attester/aztdxvtpm,
+// attester/cca, attester/se); each produces evidence JSON byte-compatible with
 // the Rust guest-components attester of the same name, so trustee's verifiers
 // accept it unchanged. Hardware is always reached through small seams (a
 // configfs-tsm client, a device opener, a TPM transport) so tests drive fakes.

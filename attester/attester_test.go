@@ -123,7 +123,7 @@ func TestDefaultProbesEnv(t *testing.T) {
 		{"sample-device-empty-value", map[string]string{"ENABLE_SAMPLE_DEVICE": "", "AA_TPM_DEVICE": dev + "-nope"}, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := DefaultProbes(nil, mapEnv(tc.env), nil)
+			p := DefaultProbes(nil, mapEnv(tc.env), nil, nil)
 			if got := p.TPM(context.Background()); got != tc.wantTPM {
 				t.Fatalf("TPM probe = %v, want %v", got, tc.wantTPM)
 			}
@@ -207,5 +207,43 @@ func TestAsRuntimeMeasurer(t *testing.T) {
 	}
 	if m, err := AsRuntimeMeasurer(measurer{}); err != nil || m.Register(17) != 17 {
 		t.Fatalf("measurer: %v, %v", m, err)
+	}
+}
+
+func TestAzureProbes(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name       string
+		tee        Tee
+		err        error
+		wantTDX    bool
+		wantSNP    bool
+		wantDetect []Tee
+	}{
+		{"az-snp", TeeAzSNPvTPM, nil, false, true, []Tee{TeeAzSNPvTPM, TeeSNP, TeeSample}},
+		{"az-tdx", TeeAzTDXvTPM, nil, true, false, []Tee{TeeAzTDXvTPM, TeeSNP, TeeSample}},
+		{"no-hcl-report", "", errors.New("NV index 0x1400001: not defined"), false, false, []Tee{TeeSNP, TeeSample}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			calls := 0
+			tdx, snp := AzureProbes(func(context.Context) (Tee, error) { calls++; return tc.tee, tc.err }, nil)
+			if tdx(ctx) != tc.wantTDX || snp(ctx) != tc.wantSNP || tdx(ctx) != tc.wantTDX {
+				t.Fatal("probe results")
+			}
+			got := Detect(ctx, Probes{AzTDXvTPM: tdx, AzSNPvTPM: snp, SNP: yes})
+			if !slices.Equal(got, tc.wantDetect) {
+				t.Fatalf("Detect = %v, want %v", got, tc.wantDetect)
+			}
+			if calls != 1 {
+				t.Fatalf("vTPM read %d times, want once", calls)
+			}
+		})
+	}
+	if tdx, snp := AzureProbes(nil, nil); tdx != nil || snp != nil {
+		t.Fatal("nil AzureProbe must give nil probes")
+	}
+	p := DefaultProbes(nil, mapEnv(nil), func(context.Context) (Tee, error) { return TeeAzTDXvTPM, nil }, nil)
+	if !p.AzTDXvTPM(ctx) || p.AzSNPvTPM(ctx) {
+		t.Fatal("DefaultProbes does not use the Azure probe")
 	}
 }

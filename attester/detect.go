@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/cova-project/cova/attester/tsm"
 	"github.com/google/go-configfs-tsm/configfs/configfsi"
@@ -93,18 +94,57 @@ var TPMDevices = []string{"/dev/tpm0", "/dev/tpm1", "/dev/tpm2"}
 // Env looks up an environment variable (os.LookupEnv in the agent).
 type Env func(key string) (string, bool)
 
+// AzureProbe reads the Azure paravisor's HCL report from the vTPM and
+// returns the TEE its hardware report type names (TeeAzSNPvTPM or
+// TeeAzTDXvTPM). Any error (no TPM, no HCL report NV index, a report that
+// does not parse) means "not an Azure confidential VM".
+type AzureProbe func(ctx context.Context) (Tee, error)
+
+// AzureProbes turns one AzureProbe into the az-tdx-vtpm and az-snp-vtpm
+// probes. The vTPM is read once, on the first probe that runs, however
+// often the probes are called.
+func AzureProbes(probe AzureProbe, log *slog.Logger) (azTDX, azSNP Probe) {
+	if probe == nil {
+		return nil, nil
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var (
+		once sync.Once
+		tee  Tee
+	)
+	get := func(ctx context.Context) Tee {
+		once.Do(func() {
+			t, err := probe(ctx)
+			if err != nil {
+				log.Debug("no Azure vTPM HCL report", "error", err)
+				return
+			}
+			tee = t
+		})
+		return tee
+	}
+	return func(ctx context.Context) bool { return get(ctx) == TeeAzTDXvTPM },
+		func(ctx context.Context) bool { return get(ctx) == TeeAzSNPvTPM }
+}
+
 // DefaultProbes returns the probes for the real machine: configfs-tsm
 // providers (client may be nil when configfs-tsm is absent), device nodes and
-// sysfs flags, and the AA_TPM_DEVICE / ENABLE_SAMPLE_DEVICE environment.
-// Azure vTPM, SGX, CSV and device attesters are not probed yet.
-func DefaultProbes(client configfsi.Client, env Env, log *slog.Logger) Probes {
+// sysfs flags, the Azure paravisor's HCL report through azure (nil: Azure is
+// not probed), and the AA_TPM_DEVICE / ENABLE_SAMPLE_DEVICE environment.
+// SGX, CSV and device attesters other than sampledevice are not probed yet.
+func DefaultProbes(client configfsi.Client, env Env, azure AzureProbe, log *slog.Logger) Probes {
 	if env == nil {
 		env = os.LookupEnv
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	azTDX, azSNP := AzureProbes(azure, log)
 	return Probes{
+		AzTDXvTPM: azTDX,
+		AzSNPvTPM: azSNP,
 		TDX: func(context.Context) bool {
 			return tsm.ProviderIs(client, tsm.ProviderTDX) || exists(TDXGuestDevice)
 		},

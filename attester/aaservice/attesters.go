@@ -9,7 +9,12 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/cova-project/cova/attester"
+	"github.com/cova-project/cova/attester/azsnpvtpm"
+	"github.com/cova-project/cova/attester/aztdxvtpm"
+	"github.com/cova-project/cova/attester/azvtpm"
+	"github.com/cova-project/cova/attester/cca"
 	"github.com/cova-project/cova/attester/sample"
+	"github.com/cova-project/cova/attester/se"
 	"github.com/cova-project/cova/attester/snp"
 	"github.com/cova-project/cova/attester/tdx"
 	"github.com/cova-project/cova/attester/tpm"
@@ -18,6 +23,9 @@ import (
 
 // NewAttester builds the attester for tee on the real machine. env reads
 // AA_TPM_DEVICE, AA_TPM_AK_HANDLE and AAEL_PATH (os.LookupEnv when nil).
+// The Azure attesters use the vTPM (/dev/tpmrm0, else /dev/tpm0) and IMDS;
+// cca needs configfs-tsm; se uses /dev/uv (linux/s390x only) and takes the
+// SeAttestationRequest JSON as its report data.
 // TEEs Cova has no attester for yet are an error wrapping
 // errdefs.ErrNotImplemented: falling back to a weaker attester would hide
 // the TEE from the verifier.
@@ -38,6 +46,18 @@ func NewAttester(tee attester.Tee, env attester.Env) (attester.Attester, error) 
 			return nil, fmt.Errorf("snp attester: %w", err)
 		}
 		return snp.New(src), nil
+	case attester.TeeAzSNPvTPM:
+		return azsnpvtpm.New(azvtpm.New(nil, -1), &azvtpm.IMDSClient{}), nil
+	case attester.TeeAzTDXvTPM:
+		return aztdxvtpm.New(azvtpm.New(nil, -1), &azvtpm.IMDSClient{}), nil
+	case attester.TeeCCA:
+		client, err := tsm.DefaultClient()
+		if err != nil {
+			return nil, fmt.Errorf("cca attester: %w", err)
+		}
+		return cca.New(client), nil
+	case attester.TeeSE:
+		return se.New(se.DeviceUV{}), nil
 	case attester.TeeTPM:
 		dev, ok := attester.TPMDevice(env)
 		if !ok {
@@ -67,7 +87,7 @@ func Detect(ctx context.Context, env attester.Env, log *slog.Logger) (primary at
 	if err != nil {
 		client = nil // no configfs-tsm: the probes fall back to device nodes
 	}
-	probes := attester.DefaultProbes(client, env, log)
+	probes := attester.DefaultProbes(client, env, azvtpm.New(nil, 0).DetectTee, log)
 	tees := attester.Detect(ctx, probes)
 	if tees[0] == attester.TeeSample {
 		log.Warn("no TEE detected: using the sample attester (evidence proves nothing)")

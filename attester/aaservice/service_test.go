@@ -522,8 +522,10 @@ func TestNewAttester(t *testing.T) {
 		{attester.TeeSample, nil, attester.TeeSample, nil},
 		{attester.TeeSampleDevice, nil, attester.TeeSampleDevice, nil},
 		{attester.TeeTPM, map[string]string{"AA_TPM_DEVICE": "/nonexistent/tpm"}, "", errdefs.IsNotFound},
-		{attester.TeeCCA, nil, "", errdefs.IsNotImplemented},
-		{attester.TeeAzSNPvTPM, nil, "", errdefs.IsNotImplemented},
+		{attester.TeeAzSNPvTPM, nil, attester.TeeAzSNPvTPM, nil},
+		{attester.TeeAzTDXvTPM, nil, attester.TeeAzTDXvTPM, nil},
+		{attester.TeeSE, nil, attester.TeeSE, nil},
+		{attester.TeeCSV, nil, "", errdefs.IsNotImplemented},
 	} {
 		t.Run(string(tc.tee), func(t *testing.T) {
 			a, err := NewAttester(tc.tee, env(tc.env))

@@ -133,8 +133,15 @@ type fakeRegisters struct {
 	regs      map[uint32][]byte
 	failNext  bool // Extend fails without extending
 	crashNext bool // Extend extends, then fails
-	tdx       bool
+	// blindNext makes the next Measurement fail (the register cannot be
+	// read back, as after a crash of the device path).
+	blindNext bool
+	// blindAfterExtend makes the Measurement after the next Extend fail.
+	blindAfterExtend bool
+	tdx              bool
 }
+
+var errInjected = errors.New("injected failure before extend")
 
 func (f *fakeRegisters) Register(pcr uint64) uint32 {
 	if !f.tdx {
@@ -154,6 +161,10 @@ func (f *fakeRegisters) HashAlg() crypto.Hash { return f.alg }
 func (f *fakeRegisters) Measurement(_ context.Context, pcr uint64) ([]byte, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.blindNext {
+		f.blindNext = false
+		return nil, errors.New("injected read failure")
+	}
 	v, ok := f.regs[f.Register(pcr)]
 	if !ok {
 		v = make([]byte, f.alg.Size())
@@ -161,9 +172,13 @@ func (f *fakeRegisters) Measurement(_ context.Context, pcr uint64) ([]byte, erro
 	return bytes.Clone(v), nil
 }
 func (f *fakeRegisters) Extend(ctx context.Context, pcr uint64, d []byte) error {
+	if f.blindAfterExtend {
+		f.blindAfterExtend = false
+		defer func() { f.mu.Lock(); f.blindNext = true; f.mu.Unlock() }()
+	}
 	if f.failNext {
 		f.failNext = false
-		return errors.New("injected failure before extend")
+		return errInjected
 	}
 	cur, _ := f.Measurement(ctx, pcr)
 	h := f.alg.New()
@@ -254,22 +269,33 @@ func TestRecordRejectsBadEvent(t *testing.T) {
 }
 
 func TestRecovery(t *testing.T) {
+	// Each case injects a fault into the second of three records.
 	for _, tc := range []struct {
-		name    string
-		inject  func(*fakeRegisters)
-		tamper  func(t *testing.T, cfg Config, m *fakeRegisters)
-		wantErr error
+		name        string
+		inject      func(*fakeRegisters)
+		recordErr   error // from the faulty Record; nil = it completes
+		walKept     bool  // the write-ahead file survives the faulty Record
+		tamper      func(t *testing.T, cfg Config, m *fakeRegisters)
+		openErr     error
+		wantEntries int
 	}{
-		{"crash-before-extend", func(m *fakeRegisters) { m.failNext = true }, nil, nil},
-		{"crash-after-extend", func(m *fakeRegisters) { m.crashNext = true }, nil, nil},
-		{"register-moved-by-another-writer", func(m *fakeRegisters) { m.crashNext = true }, func(t *testing.T, _ Config, m *fakeRegisters) {
+		// The extend fails and the register did not move: rolled back, the
+		// event is not measured now or later.
+		{"extend-fails-rolled-back", func(m *fakeRegisters) { m.failNext = true }, errInjected, false, nil, nil, 2},
+		// The extend errs after moving the register: the record completes.
+		{"extend-errs-after-moving", func(m *fakeRegisters) { m.crashNext = true }, nil, false, nil, nil, 3},
+		// The register cannot be read back: the write-ahead file stays for
+		// Open, which completes the record whichever side it is on.
+		{"unknown-before-extend", func(m *fakeRegisters) { m.failNext = true; m.blindAfterExtend = true }, errdefs.ErrDataLoss, true, nil, nil, 3},
+		{"unknown-after-extend", func(m *fakeRegisters) { m.crashNext = true; m.blindAfterExtend = true }, errdefs.ErrDataLoss, true, nil, nil, 3},
+		{"register-moved-by-another-writer", func(m *fakeRegisters) { m.crashNext = true; m.blindAfterExtend = true }, errdefs.ErrDataLoss, true, func(t *testing.T, _ Config, m *fakeRegisters) {
 			m.Extend(context.Background(), 17, []byte("intruder"))
-		}, errdefs.ErrDataLoss},
-		{"truncated-wal", func(m *fakeRegisters) { m.failNext = true }, func(t *testing.T, cfg Config, _ *fakeRegisters) {
+		}, errdefs.ErrDataLoss, 0},
+		{"truncated-wal", func(m *fakeRegisters) { m.failNext = true; m.blindAfterExtend = true }, errdefs.ErrDataLoss, true, func(t *testing.T, cfg Config, _ *fakeRegisters) {
 			if err := os.Truncate(cfg.WALPath, 20); err != nil {
 				t.Fatal(err)
 			}
-		}, errdefs.ErrDataLoss},
+		}, errdefs.ErrDataLoss, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := &fakeRegisters{alg: crypto.SHA384, tdx: true}
@@ -279,16 +305,25 @@ func TestRecovery(t *testing.T) {
 				t.Fatal(err)
 			}
 			tc.inject(m)
-			if err := l.Record(ctx, Event{"cova", "Second", "2"}, 17); err == nil {
-				t.Fatal("injected failure not reported")
+			err := l.Record(ctx, Event{"cova", "Second", "2"}, 17)
+			if !errors.Is(err, tc.recordErr) || (tc.recordErr == nil && err != nil) {
+				t.Fatalf("faulty Record = %v, want %v", err, tc.recordErr)
+			}
+			if _, serr := os.Stat(cfg.WALPath); (serr == nil) != tc.walKept {
+				t.Fatalf("write-ahead file kept = %v, want %v", serr == nil, tc.walKept)
+			}
+			if tc.walKept {
+				if err := l.Record(ctx, Event{"cova", "Blocked", "x"}, 17); !errors.Is(err, errdefs.ErrDataLoss) {
+					t.Fatalf("Record after an unresolved one = %v", err)
+				}
 			}
 			l.Close()
 			if tc.tamper != nil {
 				tc.tamper(t, cfg, m)
 			}
 			l2, err := Open(ctx, cfg)
-			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil && err != nil) {
-				t.Fatalf("Open after crash = %v, want %v", err, tc.wantErr)
+			if !errors.Is(err, tc.openErr) || (tc.openErr == nil && err != nil) {
+				t.Fatalf("Open after the fault = %v, want %v", err, tc.openErr)
 			}
 			if err != nil {
 				return
@@ -299,15 +334,33 @@ func TestRecovery(t *testing.T) {
 			}
 			b, _ := os.ReadFile(cfg.Path)
 			entries, err := Parse(b)
-			if err != nil || len(entries) != 3 {
-				t.Fatalf("log has %d entries, %v", len(entries), err)
+			if err != nil || len(entries) != tc.wantEntries {
+				t.Fatalf("log has %d entries, want %d (%v)", len(entries), tc.wantEntries, err)
 			}
 			got, _ := Replay(entries, 4, AlgSHA384, nil)
 			want, _ := m.Measurement(ctx, 17)
 			if !bytes.Equal(got, want) {
 				t.Fatalf("replay %x, register %x", got, want)
 			}
+			if _, err := os.Stat(cfg.WALPath); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("write-ahead file left behind: %v", err)
+			}
 		})
+	}
+}
+
+func TestWALWriteFailureLeavesNoFile(t *testing.T) {
+	m := &fakeRegisters{alg: crypto.SHA256}
+	l, cfg := openTest(t, m)
+	// Make the write-ahead path a directory: opening it for writing fails.
+	if err := os.Mkdir(cfg.WALPath, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Record(context.Background(), Event{"cova", "X", "1"}, 17); err == nil {
+		t.Fatal("write-ahead failure not reported")
+	}
+	if v, _ := m.Measurement(context.Background(), 17); !bytes.Equal(v, make([]byte, 32)) {
+		t.Fatal("register extended although the write-ahead file failed")
 	}
 }
 

@@ -52,6 +52,11 @@ type Log struct {
 	m       attester.RuntimeMeasurer
 	alg     Alg
 	log     *slog.Logger
+	// failed is set when a record left the register in an unknown state
+	// (or extended without its entry written); the write-ahead file is
+	// kept for the next Open and further records are refused, so it is not
+	// overwritten.
+	failed error
 }
 
 // Open opens (creating when absent) the event log and, when a write-ahead
@@ -118,6 +123,15 @@ func (l *Log) Close() error {
 
 // Record measures ev into the register pcr maps to and appends its entry:
 // write-ahead file, extend, append, remove the write-ahead file.
+//
+// When the extend fails the register is read back: unchanged, the
+// write-ahead file is removed and the error returned (nothing was
+// measured, nothing is replayed later); already extended (the error came
+// after the TPM/RTMR took the digest), the entry is written and the record
+// completes; unknown, the write-ahead file is kept so the next Open
+// resolves it, and the Log refuses further records with an error wrapping
+// errdefs.ErrDataLoss. A failed entry write after the extend likewise
+// keeps the write-ahead file and stops the Log.
 func (l *Log) Record(ctx context.Context, ev Event, pcr uint64) error {
 	e, err := NewEntry(ev, l.m.Register(pcr), l.alg)
 	if err != nil {
@@ -128,6 +142,9 @@ func (l *Log) Record(ctx context.Context, ev Event, pcr uint64) error {
 	defer l.mu.Unlock()
 	if l.f == nil {
 		return fmt.Errorf("event log: closed: %w", errdefs.ErrFailedPrecondition)
+	}
+	if l.failed != nil {
+		return fmt.Errorf("event log: an earlier record is unresolved (reopen to recover): %w", l.failed)
 	}
 	cur, err := l.m.Measurement(ctx, pcr)
 	if err != nil {
@@ -141,11 +158,25 @@ func (l *Log) Record(ctx context.Context, ev Event, pcr uint64) error {
 		return err
 	}
 	if err := l.m.Extend(ctx, pcr, digest); err != nil {
-		// The register may or may not have moved; keep the write-ahead file
-		// so the next Open can tell.
-		return fmt.Errorf("event log: extend PCR %d: %w", pcr, err)
+		extendErr := fmt.Errorf("event log: extend PCR %d: %w", pcr, err)
+		now, rerr := l.m.Measurement(ctx, pcr)
+		switch {
+		case rerr == nil && bytes.Equal(now, cur):
+			// Not extended: roll back.
+			if rmErr := os.Remove(l.walPath); rmErr != nil {
+				l.failed = fmt.Errorf("event log: remove write-ahead file after a failed extend: %v: %w", rmErr, errdefs.ErrDataLoss)
+				return errors.Join(extendErr, l.failed)
+			}
+			return extendErr
+		case rerr == nil && bytes.Equal(now, expected):
+			l.log.Warn("event log: extend reported an error but the register moved; completing the record", "pcr", pcr, "error", err)
+		default:
+			l.failed = fmt.Errorf("event log: register for PCR %d in an unknown state after a failed extend (read back: %v): %w", pcr, rerr, errdefs.ErrDataLoss)
+			return errors.Join(extendErr, l.failed)
+		}
 	}
 	if err := l.writeAt(e.Marshal(), l.pos); err != nil {
+		l.failed = fmt.Errorf("event log: PCR %d extended but its entry not written: %v: %w", pcr, err, errdefs.ErrDataLoss)
 		return err
 	}
 	if err := os.Remove(l.walPath); err != nil {
@@ -173,15 +204,20 @@ func (l *Log) writeWAL(off uint64, expected []byte, text string) error {
 	if err != nil {
 		return fmt.Errorf("event log: write-ahead file: %w", err)
 	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		// The register is untouched: a partial write-ahead file would only
+		// make the next Open refuse to start.
+		_ = os.Remove(l.walPath)
 		return fmt.Errorf("event log: write-ahead file: %w", err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("event log: write-ahead file: sync: %w", err)
-	}
-	return f.Close()
+	return nil
 }
 
 func (l *Log) recover(ctx context.Context) error {

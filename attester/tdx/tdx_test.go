@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -169,6 +170,8 @@ type fakeSysfs struct {
 	mu         sync.Mutex
 	rtmr       [4][]byte
 	mrconfigid []byte
+	// failWrites makes the next RTMR writes fail without extending.
+	failWrites int
 }
 
 func (f *fakeSysfs) ReadFile(name string) ([]byte, error) {
@@ -192,6 +195,13 @@ func (f *fakeSysfs) WriteFile(name string, data []byte) error {
 	if _, err := fmt.Sscanf(name, "rtmr%d:sha384", &i); err != nil || i < 0 || i > 3 || len(data) != 48 {
 		return os.ErrInvalid
 	}
+	f.mu.Lock()
+	if f.failWrites > 0 {
+		f.failWrites--
+		f.mu.Unlock()
+		return &os.PathError{Op: "write", Path: name, Err: syscall.EIO}
+	}
+	f.mu.Unlock()
 	cur, _ := f.ReadFile(name)
 	h := sha512.New384()
 	h.Write(cur)
@@ -342,5 +352,54 @@ func TestDefaultConfigAAELPath(t *testing.T) {
 	})
 	if cfg.AAELPath != "/tmp/x" || !strings.HasSuffix(cfg.CCELPath, "CCEL") {
 		t.Fatalf("cfg = %+v", cfg)
+	}
+}
+
+// TestExtendFailureRollsBack injects an RTMR write failure: the record
+// fails, no write-ahead file is left (so a restart does not measure the
+// failed event after all), RTMR3 and the log are unchanged, and the next
+// record replays.
+func TestExtendFailureRollsBack(t *testing.T) {
+	sysfs := &fakeSysfs{}
+	dir := t.TempDir()
+	a := newTest(t, Config{Measurements: sysfs, AAELPath: filepath.Join(dir, "eventlog")})
+	ctx := context.Background()
+	cfg := eventlog.Config{Path: filepath.Join(dir, "eventlog"), WALPath: filepath.Join(dir, ".wal"), Measurer: a}
+	l, err := eventlog.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Record(ctx, eventlog.Event{Domain: "cova", Operation: "One", Content: "1"}, eventlog.DefaultPCR); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := a.Measurement(ctx, eventlog.DefaultPCR)
+	sysfs.failWrites = 1
+	if err := l.Record(ctx, eventlog.Event{Domain: "cova", Operation: "Two", Content: "2"}, eventlog.DefaultPCR); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("Record with a failing RTMR write = %v", err)
+	}
+	if _, err := os.Stat(cfg.WALPath); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("write-ahead file left behind: %v", err)
+	}
+	if after, _ := a.Measurement(ctx, eventlog.DefaultPCR); !bytes.Equal(after, before) {
+		t.Fatal("RTMR3 moved")
+	}
+	l.Close()
+	// A restart finds nothing to recover and the failed event stays out.
+	l, err = eventlog.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := l.Record(ctx, eventlog.Event{Domain: "cova", Operation: "Three", Content: "3"}, eventlog.DefaultPCR); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(cfg.Path)
+	entries, err := eventlog.Parse(b)
+	if err != nil || len(entries) != 2 {
+		t.Fatalf("log has %d entries, %v", len(entries), err)
+	}
+	got, _ := eventlog.Replay(entries, 4, eventlog.AlgSHA384, nil)
+	if rtmr3, _ := a.Measurement(ctx, eventlog.DefaultPCR); !bytes.Equal(got, rtmr3) {
+		t.Fatalf("replay %x, RTMR3 %x", got, rtmr3)
 	}
 }

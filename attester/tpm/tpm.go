@@ -381,3 +381,20 @@ func (s *stream) Send(cmd []byte) ([]byte, error) {
 }
 
 func (s *stream) Close() error { return s.rwc.Close() }
+
+// WithRetry wraps t so commands the TPM answers with TPM_RC_RETRY,
+// TPM_RC_YIELDED or TPM_RC_TESTING are re-sent (shared with the Azure vTPM
+// attesters).
+func WithRetry(t transport.TPMCloser) transport.TPMCloser { return retrying{t} }
+
+// ReadPCRs reads the SHA-256 PCRs 0..23 in order.
+func ReadPCRs(t transport.TPM) ([][]byte, error) { return readPCRs(t) }
+
+// AllPCRs selects the SHA-256 PCRs 0..23.
+func AllPCRs() tpm2.TPMLPCRSelection { return allPCRs() }
+
+// QuoteMatchesPCRs reports whether the quote (a marshalled TPMS_ATTEST)
+// digests exactly pcrs, so PCR values read after the quote belong to it.
+func QuoteMatchesPCRs(attest []byte, pcrs [][]byte) (bool, error) {
+	return pcrDigestMatches(attest, pcrs)
+}
