@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -116,6 +117,9 @@ type Options struct {
 	// ExecGrace is how long an exited exec's unread output is kept after
 	// WaitProcess (default 5 s).
 	ExecGrace time.Duration
+	// ExtraMetrics, when set, appends Prometheus text of other rooms (the
+	// image puller) to GetMetrics.
+	ExtraMetrics func(w io.Writer)
 }
 
 // Agent serves the Kata agent API.

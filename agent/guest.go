@@ -264,6 +264,9 @@ func (a *Agent) metrics() string {
 			}
 		}
 	}
+	if a.opts.ExtraMetrics != nil {
+		a.opts.ExtraMetrics(&b)
+	}
 	return b.String()
 }
 

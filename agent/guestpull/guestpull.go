@@ -86,6 +86,14 @@ func (d *Driver) WithImageCheck(f ImageCheck) *Driver {
 	return d
 }
 
+// PullImageEvent is the content of the PullImage runtime measurement, in
+// guest-components' exact format (not JCS: a space after the comma).
+func PullImageEvent(image, digest string) string {
+	ref, _ := json.Marshal(image)
+	dg, _ := json.Marshal(digest)
+	return fmt.Sprintf(`{"image":%s, "digest":%s}`, ref, dg)
+}
+
 // metadata is the JSON Kata puts in the driver option; only the container
 // type matters here.
 type metadata struct {
@@ -155,10 +163,7 @@ func (d *Driver) Setup(ctx context.Context, id string, s mount.Storage) (retErr 
 		}
 	}
 	if d.measure != nil {
-		// guest-components' exact content (not JCS: a space after the comma).
-		ref, _ := json.Marshal(s.Source)
-		dg, _ := json.Marshal(img.ManifestDigest.String())
-		content := fmt.Sprintf(`{"image":%s, "digest":%s}`, ref, dg)
+		content := PullImageEvent(s.Source, img.ManifestDigest.String())
 		if err := d.measure(ctx, "github.com/confidential-containers", "PullImage", content); err != nil {
 			return fmt.Errorf("record PullImage measurement for %s: %w", s.Source, err)
 		}

@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 
+	"github.com/cova-project/cova/attester"
+
 	"github.com/BurntSushi/toml"
 	"github.com/containerd/errdefs"
 
@@ -45,8 +47,11 @@ type CoCoASConfig struct {
 
 // EventlogConfig is [eventlog_config].
 type EventlogConfig struct {
-	// InitPCR is the PCR events go to by default (17).
+	// InitPCR is the PCR events go to by default (17; 23 on TPM-backed
+	// attesters when aa.toml does not set it, see TPMEventlogPCR).
 	InitPCR uint64 `toml:"init_pcr"`
+	// InitPCRSet records that aa.toml set init_pcr.
+	InitPCRSet bool `toml:"-"`
 	// Enable switches the event log on (default off: ExtendRuntimeMeasurement
 	// answers NOT_ENABLED).
 	Enable bool `toml:"enable_eventlog"`
@@ -84,7 +89,37 @@ func ParseConfig(b []byte) (Config, error) {
 		// ambiguity rather than silently using 17.
 		return Config{}, fmt.Errorf("aa config: eventlog_config.init_pcr: 0 is not supported: %w", errdefs.ErrInvalidArgument)
 	}
+	c.Eventlog.InitPCRSet = md.IsDefined("eventlog_config", "init_pcr")
 	return c, nil
+}
+
+// TPMEventlogPCR is the event log register on TPM-backed attesters (tpm,
+// az-snp-vtpm, az-tdx-vtpm): the reference's default PCR 17 belongs to the
+// dynamic-launch range 17-22, which a TPM only lets locality 4 extend, and
+// /dev/tpm0 is locality 0; PCR 23 is the application PCR every locality may
+// extend and reset.
+const TPMEventlogPCR = 23
+
+// tpmBacked reports whether t keeps its runtime measurements in TPM PCRs.
+func tpmBacked(t attester.Tee) bool {
+	return t == attester.TeeTPM || t == attester.TeeAzSNPvTPM || t == attester.TeeAzTDXvTPM
+}
+
+// eventlogPCR returns the event log register for the primary TEE: the
+// configured one, or TPMEventlogPCR on TPM-backed attesters when aa.toml
+// left the default. A configured PCR 17-22 on a TPM-backed attester is an
+// error (every extend would fail with TPM_RC_LOCALITY).
+func (c EventlogConfig) eventlogPCR(t attester.Tee) (uint64, error) {
+	if !tpmBacked(t) {
+		return c.InitPCR, nil
+	}
+	if !c.InitPCRSet {
+		return TPMEventlogPCR, nil
+	}
+	if c.InitPCR >= 17 && c.InitPCR <= 22 {
+		return 0, fmt.Errorf("aa config: eventlog_config.init_pcr %d: %s cannot extend PCRs 17-22 from locality 0; use 23: %w", c.InitPCR, t, errdefs.ErrInvalidArgument)
+	}
+	return c.InitPCR, nil
 }
 
 // LoadConfig reads and parses the aa.toml at path; a missing file gives

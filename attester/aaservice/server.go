@@ -214,6 +214,14 @@ func Start(ctx context.Context, o StartOptions) (*Service, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	pcr, err := o.Config.Eventlog.eventlogPCR(o.Primary.Tee())
+	if err != nil {
+		return nil, fmt.Errorf("aaservice: %w", err)
+	}
+	if pcr != o.Config.Eventlog.InitPCR && o.Config.Eventlog.Enable {
+		log.Info("event log on PCR 23: PCRs 17-22 need locality 4 on a TPM", "tee", o.Primary.Tee().String())
+	}
+	o.Config.Eventlog.InitPCR = pcr
 	var elog *eventlog.Log
 	if o.Config.Eventlog.Enable {
 		if m, err := attester.AsRuntimeMeasurer(o.Primary); err != nil {

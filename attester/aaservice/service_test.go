@@ -618,3 +618,48 @@ func TestStart(t *testing.T) {
 		})
 	}
 }
+
+// TestEventlogPCRForTPM: TPM-backed attesters log on PCR 23 unless aa.toml
+// says otherwise, and a configured PCR 17-22 (locality 4 only) is refused.
+func TestEventlogPCRForTPM(t *testing.T) {
+	parse := func(t *testing.T, doc string) EventlogConfig {
+		t.Helper()
+		c, err := ParseConfig([]byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Eventlog
+	}
+	cases := []struct {
+		name string
+		doc  string
+		tee  attester.Tee
+		want uint64
+		err  bool
+	}{
+		{"tdx default", "", attester.TeeTDX, 17, false},
+		{"sample default", "", attester.TeeSample, 17, false},
+		{"tpm default", "", attester.TeeTPM, 23, false},
+		{"azure snp default", "", attester.TeeAzSNPvTPM, 23, false},
+		{"azure tdx default", "", attester.TeeAzTDXvTPM, 23, false},
+		{"tpm explicit 23", "[eventlog_config]\ninit_pcr = 23\n", attester.TeeTPM, 23, false},
+		{"tpm explicit 16", "[eventlog_config]\ninit_pcr = 16\n", attester.TeeTPM, 16, false},
+		{"tpm explicit 17", "[eventlog_config]\ninit_pcr = 17\n", attester.TeeTPM, 0, true},
+		{"tpm explicit 22", "[eventlog_config]\ninit_pcr = 22\n", attester.TeeTPM, 0, true},
+		{"tdx explicit 17", "[eventlog_config]\ninit_pcr = 17\n", attester.TeeTDX, 17, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parse(t, tc.doc).eventlogPCR(tc.tee)
+			if tc.err {
+				if err == nil || !strings.Contains(err.Error(), "locality") {
+					t.Fatalf("got %d, %v; want a locality error", got, err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("got %d, %v; want %d", got, err, tc.want)
+			}
+		})
+	}
+}

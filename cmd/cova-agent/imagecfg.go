@@ -22,12 +22,14 @@ import (
 // there). Signature policy, auth and proxy keys arrive with the CDH work.
 type cdhImage struct {
 	Image struct {
-		PolicyURI           string   `toml:"image_security_policy_uri"`
-		Policy              string   `toml:"image_security_policy"`
-		SigstoreURI         string   `toml:"sigstore_config_uri"`
-		WorkDir             string   `toml:"work_dir"`
-		MaxConcurrentLayers int      `toml:"max_concurrent_layer_downloads_per_image"`
-		ExtraRootCerts      []string `toml:"extra_root_certificates"`
+		PolicyURI           string               `toml:"image_security_policy_uri"`
+		Policy              string               `toml:"image_security_policy"`
+		SigstoreURI         string               `toml:"sigstore_config_uri"`
+		WorkDir             string               `toml:"work_dir"`
+		MaxConcurrentLayers int                  `toml:"max_concurrent_layer_downloads_per_image"`
+		ExtraRootCerts      []string             `toml:"extra_root_certificates"`
+		AuthURI             string               `toml:"authenticated_registry_credentials_uri"`
+		Proxy               registry.ProxyConfig `toml:"image_pull_proxy"`
 		RegistryConfig      struct {
 			Registries []registry.Registry `toml:"registry"`
 		} `toml:"registry_config"`
@@ -91,7 +93,7 @@ func pullOptions(ip imagePolicy, res imagepull.ResourceGetter, log *slog.Logger)
 
 // applyCDHImage overlays cdh.toml [image] settings (measured: they come from
 // initdata) on the puller configuration.
-func applyCDHImage(cfg *imagepull.Config, cdhTOML string) error {
+func applyCDHImage(cfg *imagepull.Config, cdhTOML string, res imagepull.ResourceGetter) error {
 	var c cdhImage
 	if _, err := toml.Decode(cdhTOML, &c); err != nil {
 		return fmt.Errorf("cdh.toml: %w", err)
@@ -112,5 +114,16 @@ func applyCDHImage(cfg *imagepull.Config, cdhTOML string) error {
 		cfg.Registry.ExtraRootCAs = append(cfg.Registry.ExtraRootCAs, []byte(pem))
 	}
 	cfg.Registry.Registries = append(cfg.Registry.Registries, im.RegistryConfig.Registries...)
+	pc, err := im.Proxy.Config()
+	if err != nil {
+		return fmt.Errorf("cdh.toml [image.image_pull_proxy]: %w", err)
+	}
+	cfg.Registry.Proxy = pc
+	if im.AuthURI != "" {
+		if res == nil && !strings.HasPrefix(im.AuthURI, "file://") {
+			return fmt.Errorf("cdh.toml [image] authenticated_registry_credentials_uri %q needs a KBS (aa.toml/cdh.toml [kbc])", im.AuthURI)
+		}
+		cfg.Registry.AuthLoader = imagepull.AuthLoader(res, im.AuthURI)
+	}
 	return nil
 }

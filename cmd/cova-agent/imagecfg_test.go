@@ -24,7 +24,7 @@ prefix = "10.0.2.2:5000"
 insecure = true
 [[image.registry_config.registry.mirror]]
 location = "mirror.example:5000"
-`)
+`, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ location = "mirror.example:5000"
 		"too many layers":       "[image]\nmax_concurrent_layer_downloads_per_image = 1000\n",
 		"not toml":              "[image\n",
 	} {
-		if err := applyCDHImage(&imagepull.Config{}, bad); err == nil {
+		if err := applyCDHImage(&imagepull.Config{}, bad, nil); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -35,7 +36,7 @@ import (
 	"github.com/cova-project/cova/attester/aaservice"
 	"github.com/cova-project/cova/attester/initdata"
 	"github.com/cova-project/cova/cdh/kbs"
-	"github.com/cova-project/cova/cdh/sealed"
+	"github.com/cova-project/cova/cdh/kms"
 	"github.com/cova-project/cova/imagepull"
 	"github.com/cova-project/cova/imagepull/registry"
 	"github.com/cova-project/cova/mount"
@@ -245,17 +246,13 @@ func run(start time.Time) error {
 		aaOpts.EventLogPath = filepath.Join(stateRoot, "attestation-agent", "eventlog")
 		aaOpts.WALPath = filepath.Join(stateRoot, "attestation-agent", ".wal_event_entry")
 	}
-	if k := aaOpts.Config.TokenConfigs.KBS; k != nil && k.URL != "" {
-		// GetToken: attest to the KBS named by aa.toml (measured: it comes
-		// from initdata), sending initdata as init-data.
-		kc, err := kbs.New(kbs.Config{
-			URL: k.URL, ExtraRootCAs: k.Cert, KeyAlgorithm: kbs.KeyAlgorithm(k.TEEKeyAlgorithm),
-			Primary: primary, Additional: additional, InitData: initdataTOML,
-			Logger: base.With("component", "kbs"),
-		})
-		if err != nil {
-			return fmt.Errorf("aa.toml [token_configs.kbs]: %w", err)
-		}
+	cdhSet, err := parseCDHSettings(cdhTOML)
+	if err != nil {
+		return fmt.Errorf("initdata: %w", err)
+	}
+	if kc, err := newKBSClient(base, aaOpts.Config, cdhSet, primary, additional, initdataTOML); err != nil {
+		return err
+	} else if kc != nil {
 		aaOpts.Tokens = kc
 		resources = kbsResources{kc}
 	}
@@ -273,7 +270,7 @@ func run(start time.Time) error {
 	}
 	gate := startPolicy(base.With("component", "policy"), ptext, psource, start)
 	measure := measureWith(aaSvc)
-	puller, err := newPuller(base.With("component", "imagepull"), kataRoot, f.insecureRegistries, cdhTOML)
+	puller, err := newPuller(base.With("component", "imagepull"), kataRoot, f.insecureRegistries, cdhTOML, resources)
 	if err != nil {
 		return err
 	}
@@ -288,20 +285,24 @@ func run(start time.Time) error {
 	pullDriver := guestpull.New(puller, measure, self, base.With("component", "guestpull")).
 		WithPullOptions(pullOptions(ip, resources, base.With("component", "sigpolicy")))
 	pullDriver.WithImageCheck(gate.CheckPulledImage)
-	var unseal func(context.Context, string) ([]byte, error)
-	if resources != nil {
-		// Sealed secrets: signatures verified with keys from the KBS (the
-		// skip switch would have to come from measured cdh.toml; it is not
-		// offered yet).
-		u := &sealed.Unsealer{Resources: resources, Logger: base.With("component", "sealed")}
-		unseal = u.Unseal
+	credRoot := kms.DefaultCredentialRoot
+	if !vm {
+		credRoot = filepath.Join(stateRoot, "cdh", "kbs")
 	}
+	unseal := newUnsealer(ctx, base, cdhSet, resources, credRoot)
 	a, err := buildAgent(base, cfg, vm, stateRoot, kataRoot, onceErr(cgroupsReady), gate,
 		func(ctx context.Context, op, content string) error {
 			return measure(ctx, agent.MeasurementDomain, op, content)
 		},
-		map[string]mount.Driver{guestpull.DriverName: pullDriver}, unseal)
+		map[string]mount.Driver{guestpull.DriverName: pullDriver}, unseal,
+		func(w io.Writer) { m := puller.Metrics(); m.WritePrometheus(w) })
 	if err != nil {
+		return err
+	}
+	if err := startCDH(ctx, base, vm, stateRoot, string(cfg.GuestComponentsRestAPI), cdhSet, cdhDeps{
+		resources: resources, aa: aaSvc,
+		puller: cdhPuller(puller, pullOptions(ip, resources, base.With("component", "sigpolicy")), measure),
+	}, unseal); err != nil {
 		return err
 	}
 
@@ -387,7 +388,7 @@ func run(start time.Time) error {
 // buildAgent wires the rooms; base carries no component attribute, each room
 // adds its own.
 func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string, ready func(context.Context) error, gate agent.Gate, measure func(context.Context, string, string) error, drivers map[string]mount.Driver,
-	unseal func(context.Context, string) ([]byte, error)) (*agent.Agent, error) {
+	unseal func(context.Context, string) ([]byte, error), extraMetrics func(io.Writer)) (*agent.Agent, error) {
 	log := base.With("component", "agent")
 	cm, err := container.New(container.Options{
 		StateRoot:   filepath.Join(stateRoot, "containers"),
@@ -425,6 +426,8 @@ func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRo
 		Gate:       gate,
 		Measure:    measure,
 		Unseal:     unseal,
+
+		ExtraMetrics: extraMetrics,
 	}
 	if vm {
 		o.Network = network.New(nil, base.With("component", "network"))
@@ -462,7 +465,7 @@ func measureWith(svc *aaservice.Service) guestpull.MeasureFunc {
 
 // newPuller makes the image puller; its layer store lives under the Kata
 // root (tmpfs /run in a guest).
-func newPuller(log *slog.Logger, kataRoot string, insecure []string, cdhTOML string) (*imagepull.Puller, error) {
+func newPuller(log *slog.Logger, kataRoot string, insecure []string, cdhTOML string, res imagepull.ResourceGetter) (*imagepull.Puller, error) {
 	var regs []registry.Registry
 	for _, h := range insecure {
 		regs = append(regs, registry.Registry{Prefix: h, Insecure: true})
@@ -473,7 +476,7 @@ func newPuller(log *slog.Logger, kataRoot string, insecure []string, cdhTOML str
 		Logger:   log,
 	}
 	if cdhTOML != "" {
-		if err := applyCDHImage(&cfg, cdhTOML); err != nil {
+		if err := applyCDHImage(&cfg, cdhTOML, res); err != nil {
 			return nil, fmt.Errorf("initdata: %w", err)
 		}
 	}

@@ -9,7 +9,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -95,24 +94,23 @@ func rsaSPKI(t *testing.T, p tpm2.TPM2BPublic) []byte {
 	return der
 }
 
-// runtimePCR is the PCR the test's aa.toml sends runtime measurements to.
-// Not the default 17: on a TPM (swtpm included) PCRs 17–22 are DRTM PCRs
-// that locality 0, the only one Linux's /dev/tpm0 uses, cannot extend
-// (TPM_RC_LOCALITY). PCR 23 is the application PCR any locality extends.
+// runtimePCR is the PCR runtime measurements go to on a TPM: not the
+// reference's default 17, which locality 0 (Linux's /dev/tpm0) cannot
+// extend, but PCR 23, which the agent picks by itself for TPM-backed
+// attesters (aa.toml below leaves init_pcr unset to prove it).
 const runtimePCR = 23
 
-// vtpmInitdata turns the event log on at runtimePCR and keeps the initrd's
-// allow-all policy.
-var vtpmInitdata = fmt.Sprintf(`version = "0.1.0"
+// vtpmInitdata turns the event log on and keeps the initrd's allow-all
+// policy.
+var vtpmInitdata = `version = "0.1.0"
 algorithm = "sha256"
 
 [data]
 "aa.toml" = '''
 [eventlog_config]
 enable_eventlog = true
-init_pcr = %d
 '''
-`, runtimePCR)
+`
 
 // expectedStartEvent is the AAEL event the agent records before it starts
 // container cid with spec s, built from the documented vocabulary
