@@ -103,19 +103,28 @@ func newUnsealer(ctx context.Context, log *slog.Logger, cs cdhSettings, resource
 		sealed.WithSkipVerification(cs.SkipSealedSecretVerification),
 		sealed.WithProviders(providers),
 		sealed.WithLogger(log.With("component", "sealed")))
+	creds := cs.Credentials
+	if credRoot != kms.DefaultCredentialRoot {
+		// Host mode: the same layout under the agent's state root.
+		creds = make([]kms.Credential, len(cs.Credentials))
+		for i, c := range cs.Credentials {
+			rel, _ := kms.ValidateCredentialPath(kms.DefaultCredentialRoot, c.Path) // checked by parseCDHSettings
+			creds[i] = kms.Credential{ResourceURI: c.ResourceURI, Path: filepath.Join(credRoot, rel)}
+		}
+	}
 	fetched := make(chan struct{})
-	if len(cs.Credentials) == 0 {
+	if len(creds) == 0 {
 		close(fetched)
 	} else {
 		// In the background: a slow or absent KBS must not hold the
 		// listener back; what needs the credentials waits for them.
 		go func() {
 			defer close(fetched)
-			if err := kms.FetchCredentials(ctx, resources, cs.Credentials, credRoot); err != nil {
+			if err := kms.FetchCredentials(ctx, resources, creds, credRoot); err != nil {
 				log.Error("cdh.toml [[credentials]] not fetched: KMS providers that need them will fail", "err", err)
 				return
 			}
-			log.Info("credentials fetched", "count", len(cs.Credentials))
+			log.Info("credentials fetched", "count", len(creds))
 		}()
 	}
 	return func(ctx context.Context, secret string) ([]byte, error) {

@@ -99,6 +99,7 @@ func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 type flags struct {
 	insecureRegistries                         stringList
 	listen, configFile, root, logLevel, policy string
+	initdata                                   string
 	version                                    bool
 }
 
@@ -112,6 +113,7 @@ func parseFlags(args []string) (flags, error) {
 	fs.StringVar(&f.logLevel, "log-level", "", "log level (trace, debug, info, warn, error)")
 	fs.StringVar(&f.policy, "policy", "", "agent policy (Rego) file (default: policy_file, else the built-in default; host mode only)")
 	fs.Var(&f.insecureRegistries, "insecure-registry", "registry HOST[:PORT] reached over plain HTTP (repeatable; host mode only)")
+	fs.StringVar(&f.initdata, "initdata", "", "initdata TOML file (aa.toml, cdh.toml, policy.rego) used as if from the initdata device, without hardware binding (host mode only, for development)")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return f, err
@@ -138,11 +140,12 @@ func run(start time.Time) error {
 	ph := newPhases(start)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if vm && (f.policy != "" || len(f.insecureRegistries) > 0) {
+	if vm && (f.policy != "" || len(f.insecureRegistries) > 0 || f.initdata != "") {
 		// As PID 1 our arguments come from the kernel command line, which
-		// the host writes: it must not choose the policy or weaken pulls.
-		fmt.Fprintln(os.Stderr, "cova-agent: ignoring --policy and --insecure-registry as PID 1")
-		f.policy, f.insecureRegistries = "", nil
+		// the host writes: it must not choose the policy, the configuration
+		// or weaken pulls.
+		fmt.Fprintln(os.Stderr, "cova-agent: ignoring --policy, --initdata and --insecure-registry as PID 1")
+		f.policy, f.insecureRegistries, f.initdata = "", nil, ""
 	}
 
 	// Early logger: console, info.
@@ -242,6 +245,26 @@ func run(start time.Time) error {
 		}
 		ph.mark("initdata")
 	} else {
+		if f.initdata != "" {
+			// Development: the same documents, unbound (no TEE here).
+			b, err := os.ReadFile(f.initdata)
+			if err != nil {
+				return fmt.Errorf("--initdata: %w", err)
+			}
+			id, err := initdata.Parse(b)
+			if err != nil {
+				return fmt.Errorf("--initdata %s: %w", f.initdata, err)
+			}
+			if s, ok := id.AAConfig(); ok {
+				if aaOpts.Config, err = aaservice.ParseConfig([]byte(s)); err != nil {
+					return fmt.Errorf("--initdata aa.toml: %w", err)
+				}
+			}
+			initdataPolicy, _ = id.Policy()
+			cdhTOML, _ = id.CDHConfig()
+			initdataTOML = id.TOML
+			log.Warn("initdata from --initdata: NOT bound to any hardware (development)", "file", f.initdata)
+		}
 		aaOpts.Addr = "unix://" + filepath.Join(stateRoot, "attestation-agent", "attestation-agent.sock")
 		aaOpts.EventLogPath = filepath.Join(stateRoot, "attestation-agent", "eventlog")
 		aaOpts.WALPath = filepath.Join(stateRoot, "attestation-agent", ".wal_event_entry")

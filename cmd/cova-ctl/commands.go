@@ -40,6 +40,7 @@ type options struct {
 	signal        string
 	removeTimeout uint
 	uid, gid      int
+	env           envList // extra KEY=VALUE for the container process
 	args          []string
 	signalNum     uint32 // parsed from signal by check
 }
@@ -222,6 +223,9 @@ var commands = []command{
 	},
 	evidenceCommand,
 	teeCommand,
+	pullCommand,
+	resourceCommand,
+	unsealCommand,
 }
 
 // defaultGuestRoot is where a Kata agent keeps container state in the guest.
@@ -234,6 +238,20 @@ func defaultGuestRoot() string {
 
 func rootfsFlag(fs *flag.FlagSet, o *options) {
 	fs.StringVar(&o.rootfs, "rootfs", "", "root file system directory in the guest (required)")
+	fs.Var(&o.env, "env", "KEY=VALUE added to the container's environment (repeatable; a value may be a sealed secret)")
+}
+
+// envList is a repeatable KEY=VALUE flag.
+type envList []string
+
+func (e *envList) String() string { return strings.Join(*e, ",") }
+
+func (e *envList) Set(v string) error {
+	if k, _, ok := strings.Cut(v, "="); !ok || k == "" {
+		return fmt.Errorf("want KEY=VALUE, got %q", v)
+	}
+	*e = append(*e, v)
+	return nil
 }
 
 // parseSignal reads "15", "TERM", "SIGTERM" or "sigterm".
@@ -384,6 +402,7 @@ func (a *app) createContainer(ctx context.Context, id string, o *options) error 
 	if err != nil {
 		return err
 	}
+	spec.Process.Env = append(spec.Process.Env, o.env...)
 	wire, err := toWireSpec(spec)
 	if err != nil {
 		return err

@@ -163,7 +163,7 @@ func (a *app) main(ctx context.Context, args []string) int {
 }
 
 func (a *app) connectAndRun(ctx context.Context, inv *invocation) error {
-	if !dialsAA(inv.cmd) && (a.agent == nil || a.health == nil) {
+	if !dialsAA(inv.cmd) && !dialsCDH(inv.cmd) && (a.agent == nil || a.health == nil) {
 		dctx, cancel := context.WithTimeout(ctx, inv.timeout)
 		conn, err := transport.Dial(dctx, inv.addr)
 		cancel()
