@@ -134,6 +134,11 @@ type Agent struct {
 	rpcCount sync.Map // method -> *atomic.Uint64
 	rpcErrs  atomic.Uint64
 	panics   atomic.Uint64
+
+	// createdEnv holds, per created container, its env as the host sent it
+	// (sealed values still sealed), digested for the StartContainer
+	// measurement: container id -> []envDigest.
+	createdEnv sync.Map
 }
 
 // New checks opts and returns an Agent.

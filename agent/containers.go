@@ -53,6 +53,9 @@ func (a *Agent) createContainer(ctx context.Context, r *pb.CreateContainerReques
 	if err := checkGuestPullSource(spec, r.Storages); err != nil {
 		return err
 	}
+	// Digest the env before unsealing: the measurement must not carry a
+	// digest of a secret's plaintext (the event log is evidence others see).
+	sentEnv := envDigests(spec.Process.Env)
 	if err := a.unsealEnv(ctx, "OCI.Process.Env", spec.Process.Env); err != nil {
 		return err
 	}
@@ -97,6 +100,7 @@ func (a *Agent) createContainer(ctx context.Context, r *pb.CreateContainerReques
 	a.mu.Lock()
 	if a.sandbox == sb {
 		sb.ctrStorage[r.ContainerId] = mounted
+		a.createdEnv.Store(r.ContainerId, sentEnv)
 		if isPause && sb.pidns {
 			sb.pausePidNS = fmt.Sprintf("/proc/%d/ns/pid", c.Init().Pid)
 		}
@@ -271,6 +275,7 @@ func (a *Agent) removeContainer(ctx context.Context, r *pb.RemoveContainerReques
 	if err := a.opts.Containers.Remove(ctx, r.ContainerId, timeout); err != nil {
 		return err
 	}
+	a.createdEnv.Delete(r.ContainerId)
 	a.mu.Lock()
 	var mps []string
 	if a.sandbox != nil {

@@ -16,7 +16,9 @@ import (
 const MeasurementDomain = "github.com/cova-project/cova"
 
 // envDigest is an environment variable as measured: its name and the
-// sha256 of its value, never the value.
+// sha256 of its value as the host sent it, never the value. A sealed value
+// is digested sealed: the digest of an unsealed secret would let anyone who
+// sees the event log test guesses of a low-entropy secret.
 type envDigest struct {
 	Name   string `json:"name"`
 	SHA256 string `json:"sha256"`
@@ -47,12 +49,13 @@ func envDigests(env []string) []envDigest {
 
 // measureProcess records what is about to run. The content is compact JSON
 // (one line, as the event log requires).
-func (a *Agent) measureProcess(ctx context.Context, op, cid, eid, root string, p *specs.Process) error {
+// env is the process's env as received, digested (envDigests).
+func (a *Agent) measureProcess(ctx context.Context, op, cid, eid, root string, p *specs.Process, env []envDigest) error {
 	if a.opts.Measure == nil || p == nil {
 		return nil
 	}
 	ev := processEvent{
-		ContainerID: cid, ExecID: eid, Args: p.Args, Env: envDigests(p.Env), Cwd: p.Cwd,
+		ContainerID: cid, ExecID: eid, Args: p.Args, Env: env, Cwd: p.Cwd,
 		UID: p.User.UID, GID: p.User.GID, Terminal: p.Terminal, Root: root,
 	}
 	if ev.Args == nil {

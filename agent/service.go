@@ -68,7 +68,11 @@ func (s *service) StartContainer(ctx context.Context, r *pb.StartContainerReques
 	if c.Spec.Root != nil {
 		root = c.Spec.Root.Path
 	}
-	if err := s.a.measureProcess(ctx, "StartContainer", r.ContainerId, "", root, c.Spec.Process); err != nil {
+	env, ok := s.a.createdEnv.Load(r.ContainerId)
+	if !ok {
+		return nil, fmt.Errorf("container %s: no measurement recorded at create: %w", r.ContainerId, errdefs.ErrFailedPrecondition)
+	}
+	if err := s.a.measureProcess(ctx, "StartContainer", r.ContainerId, "", root, c.Spec.Process, env.([]envDigest)); err != nil {
 		return nil, err
 	}
 	return done(s.a.opts.Containers.Start(ctx, r.ContainerId))
@@ -99,10 +103,11 @@ func (s *service) ExecProcess(ctx context.Context, r *pb.ExecProcessRequest) (*e
 	if err != nil {
 		return nil, err
 	}
+	sentEnv := envDigests(ps.Env) // before unsealing, as for containers
 	if err := s.a.unsealEnv(ctx, "process.Env", ps.Env); err != nil {
 		return nil, err
 	}
-	if err := s.a.measureProcess(ctx, "ExecProcess", r.ContainerId, r.ExecId, "", ps); err != nil {
+	if err := s.a.measureProcess(ctx, "ExecProcess", r.ContainerId, r.ExecId, "", ps, sentEnv); err != nil {
 		return nil, err
 	}
 	_, err = c.Exec(ctx, r.ExecId, ps)
