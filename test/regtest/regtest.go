@@ -7,7 +7,10 @@ package regtest
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -257,6 +260,8 @@ type Layer struct {
 	DiffID    oci.Digest
 	// URLs become the descriptor's urls (foreign layers).
 	URLs []string
+	// Annotations become the descriptor's (e.g. ocicrypt's keys).
+	Annotations map[string]string
 }
 
 // PushImage uploads layers, a config naming their diffIDs and an OCI
@@ -279,6 +284,7 @@ func PushImage(ctx context.Context, host, repo, tag string, layers []Layer) (oci
 		}
 		d.MediaType = l.MediaType
 		d.URLs = l.URLs
+		d.Annotations = l.Annotations
 		descs = append(descs, d)
 		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, l.DiffID.String())
 	}
@@ -297,4 +303,48 @@ func PushImage(ctx context.Context, host, repo, tag string, layers []Layer) (oci
 		return oci.Digest{}, err
 	}
 	return oci.FromBytes(mb), nil
+}
+
+// Cosign's simple-signing payload type and signature annotation.
+const (
+	CosignPayloadMediaType = "application/vnd.dev.cosign.simplesigning.v1+json"
+	CosignSigAnnotation    = "dev.cosignproject.cosign/signature"
+)
+
+// PushCosign signs manifest digest d of host/repo with key the way
+// `cosign sign --key` does (simple-signing payload naming dockerRef, ECDSA
+// over its SHA-256) and pushes the signature under the "sha256-<hex>.sig"
+// tag.
+func PushCosign(ctx context.Context, host, repo, dockerRef string, d oci.Digest, key *ecdsa.PrivateKey) error {
+	payload, err := json.Marshal(map[string]any{
+		"critical": map[string]any{
+			"identity": map[string]string{"docker-reference": dockerRef},
+			"image":    map[string]string{"docker-manifest-digest": d.String()},
+			"type":     "cosign container image signature",
+		},
+		"optional": nil,
+	})
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(payload)
+	sig, err := ecdsa.SignASN1(rand.Reader, key, sum[:])
+	if err != nil {
+		return err
+	}
+	pd, err := PushBlob(ctx, host, repo, payload)
+	if err != nil {
+		return err
+	}
+	cfg, _ := json.Marshal(map[string]any{"architecture": "", "os": "", "config": map[string]any{},
+		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{pd.Digest.String()}}})
+	cd, err := PushBlob(ctx, host, repo, cfg)
+	if err != nil {
+		return err
+	}
+	cd.MediaType = oci.MediaTypeOCIConfig
+	pd.MediaType = CosignPayloadMediaType
+	pd.Annotations = map[string]string{CosignSigAnnotation: base64.StdEncoding.EncodeToString(sig)}
+	m, _ := json.Marshal(oci.Manifest{SchemaVersion: 2, MediaType: oci.MediaTypeOCIManifest, Config: cd, Layers: []oci.Descriptor{pd}})
+	return PushManifest(ctx, host, repo, "sha256-"+d.Hex()+".sig", oci.MediaTypeOCIManifest, m)
 }
