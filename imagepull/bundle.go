@@ -170,3 +170,22 @@ func mkdirAllNoSymlinks(dir string) error {
 	}
 	return nil
 }
+
+// ReleaseBundles releases every bundle PullImage mounted (agent shutdown).
+func (p *Puller) ReleaseBundles() error {
+	p.bundles.mu.Lock()
+	var paths []string
+	for path, b := range p.bundles.m {
+		if b.img != nil {
+			paths = append(paths, path)
+		}
+	}
+	p.bundles.mu.Unlock()
+	var errs []error
+	for _, path := range paths {
+		if err := p.ReleaseBundle(path); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

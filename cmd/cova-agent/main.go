@@ -397,6 +397,9 @@ func run(start time.Time) error {
 	if err := a.Shutdown(cctx); err != nil {
 		log.Warn("shutdown", "err", err)
 	}
+	if err := puller.ReleaseBundles(); err != nil {
+		log.Warn("shutdown: CDH PullImage bundles", "err", err)
+	}
 	select {
 	case err := <-policyErr:
 		return err

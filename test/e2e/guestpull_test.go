@@ -52,8 +52,29 @@ func TestRunImageFromLocalRegistry(t *testing.T) {
 	if !strings.Contains(logs.String(), `"msg":"image pulled"`) {
 		t.Error("the agent log has no image pulled line")
 	}
+	// The CDH's PullImage (what other guest tools use) with the same puller.
+	bundle := filepath.Join(guestRoot, "cdh-bundle")
+	cdhSock := "unix://" + filepath.Join(ag.dir, "state", "cdh.sock")
+	out, err := exec.Command(ctl, "pull", "--cdh", cdhSock, "--bundle", bundle, image).CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "sha256:") {
+		t.Fatalf("cova-ctl pull = %q, %v", out, err)
+	}
+	if fi, err := os.Stat(filepath.Join(bundle, "rootfs", "bin", "busybox")); err != nil || fi.Size() == 0 {
+		t.Fatalf("pulled bundle rootfs: %v", err)
+	}
+	// GetMetrics carries the puller's counters: two pulls, the second
+	// from the layer cache.
+	m, err := exec.Command(ctl, "--addr", addr, "metrics").Output()
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	for _, want := range []string{"cova_imagepull_pulls_succeeded_total 3", "cova_imagepull_layers_from_cache_total"} {
+		if !strings.Contains(string(m), want) {
+			t.Errorf("GetMetrics lacks %q:\n%s", want, m)
+		}
+	}
 	// Unpinned pulls from a registry the agent was not told is insecure fail clearly.
-	out, err := exec.Command(ctl, "--addr", addr, "run", "--image", "127.0.0.1:1/none:latest", "--guest-root", guestRoot, "--", "true").CombinedOutput()
+	out, err = exec.Command(ctl, "--addr", addr, "run", "--image", "127.0.0.1:1/none:latest", "--guest-root", guestRoot, "--", "true").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "CreateContainer") {
 		t.Fatalf("pull from nowhere: %q %v", out, err)
 	}
