@@ -310,7 +310,10 @@ func TestResolveDeviceHotplugLater(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 		blockDir := filepath.Join(e.sys, "devices/pci0000:00/0000:00:02.0/0000:01:03.0/virtio4/block/vda")
 		_ = os.MkdirAll(blockDir, 0o755)
-		_ = os.WriteFile(filepath.Join(blockDir, "dev"), []byte("254:0\n"), 0o644)
+		// Atomically, as sysfs shows it: a half-written file would read as
+		// a bad device number, not as a device still to come.
+		_ = os.WriteFile(filepath.Join(blockDir, ".dev"), []byte("254:0\n"), 0o644)
+		_ = os.Rename(filepath.Join(blockDir, ".dev"), filepath.Join(blockDir, "dev"))
 		time.Sleep(20 * time.Millisecond)
 		_ = unix.Mknod(filepath.Join(f.dev, "vda"), unix.S_IFBLK|0o600, int(unix.Mkdev(254, 0)))
 	}()

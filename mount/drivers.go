@@ -324,27 +324,17 @@ func (m *Manager) setupVirtioFS(ctx context.Context, id string, s Storage, pl pl
 }
 
 // setupBlock waits for a virtio-blk (PCI path) or virtio-scsi (SCSI
-// address) disk and mounts it.
+// address) disk and mounts it. Driver options: create_filesystem formats
+// the disk with ext4 first (a block emptyDir); encryption_key=ephemeral
+// hands the disk to the SecureMounter, which maps it through dm-crypt with
+// a fresh key and formats and mounts it. The X-kata.dmverity options mount
+// it read-only through dm-verity against the root hash they pin.
 func (m *Manager) setupBlock(ctx context.Context, id string, s Storage, pl place) (teardownFunc, error) {
-	if s.Fstype == "" {
-		return nil, invalid("fstype", "a block storage needs a file system type")
-	}
-	if !slices.Contains(blockFSTypes, s.Fstype) {
+	if s.Fstype != "" && !slices.Contains(blockFSTypes, s.Fstype) {
 		return nil, invalid("fstype", "%q is not one of %s", s.Fstype, strings.Join(blockFSTypes, ", "))
 	}
-	for _, o := range s.DriverOptions {
-		switch o {
-		case DriverOptionCreateFS, DriverOptionEphemeralEncryption:
-			return nil, notImplemented("driver_options", "driver option %q is not supported", o)
-		default:
-			return nil, invalid("driver_options", "driver option %q is not supported by the %s driver", o, s.Driver)
-		}
-	}
-	flags, data, err := ParseOptions(s.Options)
+	r, err := m.parseBlock(s)
 	if err != nil {
-		return nil, err
-	}
-	if err := checkFlags(flags); err != nil {
 		return nil, err
 	}
 	dev, err := m.ResolveDevice(ctx, s.Driver, s.Source)
@@ -352,11 +342,21 @@ func (m *Manager) setupBlock(ctx context.Context, id string, s Storage, pl place
 		return nil, err
 	}
 	m.log.DebugContext(ctx, "block device found", "id", id, "source", s.Source, "device", dev)
-	if err := m.mountAt(pl, dev, s.Fstype, flags, data); err != nil {
+	switch {
+	case r.ephemeral:
+		return m.setupEncrypted(ctx, id, s, pl, dev)
+	case r.verity != nil:
+		return m.setupVerity(ctx, id, s, pl, dev, r)
+	case r.createFS:
+		if err := m.makeExt4(ctx, dev); err != nil {
+			return nil, err
+		}
+	}
+	if err := m.mountAt(pl, dev, s.Fstype, r.flags, r.data); err != nil {
 		return nil, err
 	}
 	teardown := func(context.Context) error { return m.unmountAt(pl) }
-	if err := m.finishMount(ctx, s, pl, flags, nil); err != nil {
+	if err := m.finishMount(ctx, s, pl, r.flags, nil); err != nil {
 		_ = teardown(ctx)
 		return nil, err
 	}

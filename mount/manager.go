@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/cova-project/cova/mount/dm"
 )
 
 // DefaultAllowedRoot is where kata's runtime places every storage.
@@ -47,6 +49,15 @@ type Options struct {
 	AllowedRoots []string
 	// Drivers adds drivers by name; names must not shadow built-in ones.
 	Drivers map[string]Driver
+	// SecureMounter serves blk and scsi storages with driver option
+	// encryption_key=ephemeral; nil refuses them (ErrNotImplemented).
+	SecureMounter SecureMounter
+	// DeviceMapper creates the dm-verity devices of X-kata.dmverity
+	// storages; default dm.New (the kernel's device mapper).
+	DeviceMapper DeviceMapper
+	// Run runs mkfs.ext4 for create_filesystem; default os/exec (PATH,
+	// then /usr/sbin, /usr/bin, /sbin, /bin).
+	Run Runner
 }
 
 // Manager sets up and tears down storages. It is safe for concurrent use.
@@ -59,6 +70,9 @@ type Manager struct {
 	mounter        Mounter
 	roots          []string
 	extra          map[string]Driver
+	secure         SecureMounter
+	dm             DeviceMapper
+	run            Runner
 
 	mu      sync.Mutex
 	entries map[string]*entry
@@ -95,6 +109,9 @@ func New(o Options) (*Manager, error) {
 		mounter:        o.Mounter,
 		extra:          map[string]Driver{},
 		entries:        map[string]*entry{},
+		secure:         o.SecureMounter,
+		dm:             o.DeviceMapper,
+		run:            o.Run,
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
@@ -113,6 +130,12 @@ func New(o Options) (*Manager, error) {
 	}
 	if m.mounter == nil {
 		m.mounter = SyscallMounter{}
+	}
+	if m.dm == nil {
+		m.dm = dm.New(m.log)
+	}
+	if m.run == nil {
+		m.run = runTool
 	}
 	roots := o.AllowedRoots
 	if len(roots) == 0 {
@@ -198,6 +221,13 @@ func (m *Manager) Add(ctx context.Context, id string, s Storage) (string, error)
 		if e.storage.Driver != s.Driver || e.storage.Source != s.Source || e.storage.Fstype != s.Fstype {
 			m.mu.Unlock()
 			return "", fmt.Errorf("mount_point: %s is already used by a %s storage of %q: %w", mp, e.storage.Driver, e.storage.Source, errdefs.ErrAlreadyExists)
+		}
+		// The options pin what is mounted (a dm-verity root hash, an
+		// encryption): a user with other options must not inherit a mount
+		// set up under different terms.
+		if !slices.Equal(e.storage.Options, s.Options) || !slices.Equal(e.storage.DriverOptions, s.DriverOptions) {
+			m.mu.Unlock()
+			return "", fmt.Errorf("mount_point: %s is already used by a %s storage of %q with other options: %w", mp, e.storage.Driver, e.storage.Source, errdefs.ErrAlreadyExists)
 		}
 		e.refs++
 		refs := e.refs

@@ -7,6 +7,13 @@
 // SCSI address). Other packages can add drivers (for example
 // image_guest_pull) through Options.Drivers.
 //
+// The block drivers follow Kata's trusted-storage conventions: driver
+// option create_filesystem makes a fresh ext4 first; encryption_key=ephemeral
+// hands the disk to Options.SecureMounter (the CDH), which maps it through
+// dm-crypt with a key only the guest holds; the X-kata.dmverity storage
+// options mount it read-only through dm-verity against the root hash they
+// pin, so the host cannot change a byte unnoticed.
+//
 // Every Storage comes from the untrusted host. The Manager validates all
 // fields before acting, only mounts below its allowed roots, creates and
 // resolves mount points with file descriptors scoped to the root (so a
@@ -44,10 +51,12 @@ const (
 	// DriverOptionOverlayCreateDir asks the overlayfs driver to create a
 	// directory before mounting ("<key>=<path>").
 	DriverOptionOverlayCreateDir = "io.katacontainers.volume.overlayfs.create_directory"
-	// DriverOptionCreateFS asks a block driver to run mkfs first.
+	// DriverOptionCreateFS asks a block driver to make a fresh ext4 first
+	// (Kata's block emptyDir).
 	DriverOptionCreateFS = "create_filesystem"
-	// DriverOptionEphemeralEncryption asks a block driver for a LUKS2
-	// volume with an ephemeral key (through the CDH).
+	// DriverOptionEphemeralEncryption asks a block driver for an encrypted
+	// volume with a key that lives only in guest memory (through the
+	// SecureMounter, as Kata asks its CDH).
 	DriverOptionEphemeralEncryption = "encryption_key=ephemeral"
 )
 

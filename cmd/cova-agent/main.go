@@ -313,17 +313,21 @@ func run(start time.Time) error {
 		credRoot = filepath.Join(stateRoot, "cdh", "kbs")
 	}
 	unseal := newUnsealer(ctx, base, cdhSet, resources, credRoot)
+	secure, err := newSecureMount(base, resources, unseal)
+	if err != nil {
+		return err
+	}
 	a, err := buildAgent(base, cfg, vm, stateRoot, kataRoot, onceErr(cgroupsReady), gate,
 		func(ctx context.Context, op, content string) error {
 			return measure(ctx, agent.MeasurementDomain, op, content)
 		},
-		map[string]mount.Driver{guestpull.DriverName: pullDriver}, unseal,
+		map[string]mount.Driver{guestpull.DriverName: pullDriver}, secure, unseal,
 		func(w io.Writer) { m := puller.Metrics(); m.WritePrometheus(w) })
 	if err != nil {
 		return err
 	}
 	if err := startCDH(ctx, base, vm, stateRoot, string(cfg.GuestComponentsRestAPI), cdhSet, cdhDeps{
-		resources: resources, aa: aaSvc,
+		resources: resources, aa: aaSvc, mounter: secure,
 		puller: cdhPuller(puller, pullOptions(ip, resources, base.With("component", "sigpolicy")), measure),
 	}, unseal); err != nil {
 		return err
@@ -413,7 +417,7 @@ func run(start time.Time) error {
 
 // buildAgent wires the rooms; base carries no component attribute, each room
 // adds its own.
-func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string, ready func(context.Context) error, gate agent.Gate, measure func(context.Context, string, string) error, drivers map[string]mount.Driver,
+func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string, ready func(context.Context) error, gate agent.Gate, measure func(context.Context, string, string) error, drivers map[string]mount.Driver, secure mount.SecureMounter,
 	unseal func(context.Context, string) ([]byte, error), extraMetrics func(io.Writer)) (*agent.Agent, error) {
 	log := base.With("component", "agent")
 	cm, err := container.New(container.Options{
@@ -429,6 +433,7 @@ func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRo
 		HotplugTimeout: cfg.HotplugTimeout,
 		AllowedRoots:   []string{kataRoot},
 		Drivers:        drivers,
+		SecureMounter:  secure,
 	})
 	if err != nil {
 		return nil, err
