@@ -23,6 +23,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/cova-project/cova/attester"
+	"github.com/cova-project/cova/attester/se"
 )
 
 // Defaults, from guest-components' kbs_protocol where it has one.
@@ -40,6 +41,9 @@ const (
 	maxChallenge = 1 << 20
 	maxErrorBody = 64 << 10
 	maxNonce     = 64 << 10
+	// maxSEChallenge bounds an SE challenge, whose nonce is an attestation
+	// request (se.ParseRequest applies its own, tighter bound).
+	maxSEChallenge = 4 << 20
 )
 
 // Token types of the AA's GetToken (guest-components' TokenType).
@@ -145,8 +149,8 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Primary == nil {
 		return nil, fmt.Errorf("kbs client: Primary attester is required: %w", errdefs.ErrInvalidArgument)
 	}
-	if cfg.Primary.Tee() == attester.TeeSE {
-		return nil, fmt.Errorf("kbs client: the se challenge protocol is not implemented: %w", errdefs.ErrNotImplemented)
+	if cfg.Primary.Tee() == attester.TeeSE && len(cfg.Additional) > 0 {
+		return nil, fmt.Errorf("kbs client: Additional: device attesters are not supported with an se primary attester (as in guest-components): %w", errdefs.ErrInvalidArgument)
 	}
 	seen := map[attester.Tee]bool{}
 	for i, a := range cfg.Additional {
@@ -406,7 +410,11 @@ func (c *Client) rcar(ctx context.Context) (*Token, error) {
 	if err != nil {
 		return nil, err
 	}
-	body, session, err := c.do(ctx, StepAuth, c.base, http.MethodPost, APIPrefix+"/auth", reqBody, "", "", maxChallenge)
+	challengeLimit, nonceLimit := int64(maxChallenge), maxNonce
+	if tee == attester.TeeSE {
+		challengeLimit, nonceLimit = maxSEChallenge, maxSEChallenge
+	}
+	body, session, err := c.do(ctx, StepAuth, c.base, http.MethodPost, APIPrefix+"/auth", reqBody, "", "", challengeLimit)
 	if err != nil {
 		return nil, err
 	}
@@ -417,8 +425,8 @@ func (c *Client) rcar(ctx context.Context) (*Token, error) {
 	if err := json.Unmarshal(body, &ch); err != nil {
 		return nil, &Error{KBS: c.base, Step: StepAuth, Err: fmt.Errorf("challenge: %v: %w", err, errdefs.ErrInvalidArgument)}
 	}
-	if ch.Nonce == "" || len(ch.Nonce) > maxNonce {
-		return nil, &Error{KBS: c.base, Step: StepAuth, Err: fmt.Errorf("challenge nonce empty or longer than %d bytes: %w", maxNonce, errdefs.ErrInvalidArgument)}
+	if ch.Nonce == "" || len(ch.Nonce) > nonceLimit {
+		return nil, &Error{KBS: c.base, Step: StepAuth, Err: fmt.Errorf("challenge nonce empty or longer than %d bytes: %w", nonceLimit, errdefs.ErrInvalidArgument)}
 	}
 	h, err := SelectedHash(ch.ExtraParams)
 	if err != nil {
@@ -434,7 +442,15 @@ func (c *Client) rcar(ctx context.Context) (*Token, error) {
 	if err != nil {
 		return nil, &Error{KBS: c.base, Step: StepEvidence, Err: err}
 	}
-	ev, err := c.cfg.Primary.Evidence(ctx, reportData)
+	primaryInput := reportData
+	if tee == attester.TeeSE {
+		// IBM SE: the nonce is the verifier's attestation request; the
+		// attester takes it, with the digest added, instead of a digest.
+		if primaryInput, err = se.InjectRuntimeDigest(ch.Nonce, reportData); err != nil {
+			return nil, &Error{KBS: c.base, Step: StepAuth, Err: fmt.Errorf("challenge nonce is not an se attestation request: %w", err)}
+		}
+	}
+	ev, err := c.cfg.Primary.Evidence(ctx, primaryInput)
 	if err != nil {
 		return nil, &Error{KBS: c.base, Step: StepEvidence, Err: fmt.Errorf("%s evidence: %w", tee, err)}
 	}

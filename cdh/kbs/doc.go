@@ -16,6 +16,15 @@
 // names the KBS, the step (auth, evidence, attest, resource) and the HTTP
 // status, and wraps an errdefs class.
 //
+// IBM Secure Execution (primary TEE "se") differs in the challenge: the
+// KBS's SE verifier puts an attestation request (se.Request JSON) in the
+// nonce, and extra-params selects the hash (sha512 from trustee v0.21; ""
+// and so sha384 before). The client hashes the runtime data as for every TEE
+// (the nonce verbatim), adds the digest to the request as
+// runtime_data_digest (se.InjectRuntimeDigest) and hands the request to the
+// se attester, which makes the Ultravisor call with the digest as user data.
+// Device attesters are not supported with SE.
+//
 // Resources are fetched with the session cookie and the token as a bearer
 // credential, so the same Client works in background-check mode (one KBS)
 // and in passport mode (Config.ResourceURL names a second KBS that trusts the

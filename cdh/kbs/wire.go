@@ -129,13 +129,15 @@ func ParseHash(name string) (crypto.Hash, error) {
 	case HashSHA512:
 		return crypto.SHA512, nil
 	}
-	return 0, fmt.Errorf("hash algorithm %q not supported: %w", name, errdefs.ErrNotImplemented)
+	return 0, fmt.Errorf("hash algorithm %q not supported: %w", sanitize(name), errdefs.ErrNotImplemented)
 }
 
 // SelectedHash returns the report-data hash a challenge asks for: its
 // extra-params "selected-hash-algorithm" when present, else sha384 (what the
 // KBS uses for every TEE but SE). extra-params that is not an object (the
-// usual "") selects nothing.
+// usual "") selects nothing. trustee v0.21 and later select sha512 for SE
+// (and verify SE with sha512); earlier releases answer "" and verify SE with
+// sha384, so this one rule serves both.
 func SelectedHash(extraParams json.RawMessage) (crypto.Hash, error) {
 	var obj map[string]json.RawMessage
 	if len(extraParams) == 0 || json.Unmarshal(extraParams, &obj) != nil || obj == nil {
@@ -149,7 +151,11 @@ func SelectedHash(extraParams json.RawMessage) (crypto.Hash, error) {
 	if err := json.Unmarshal(raw, &name); err != nil {
 		return 0, fmt.Errorf("challenge extra-params selected-hash-algorithm is not a string: %w", errdefs.ErrInvalidArgument)
 	}
-	return ParseHash(name)
+	h, err := ParseHash(name)
+	if err != nil {
+		return 0, fmt.Errorf("challenge extra-params selected-hash-algorithm: %w", err)
+	}
+	return h, nil
 }
 
 // DeviceRuntimeDigest is the report data of the additional (device)

@@ -47,6 +47,20 @@ func TestRuntimeDigestGolden(t *testing.T) {
 	}
 }
 
+// TestSERuntimeDigestGolden: an SE nonce is the JSON text of the attestation
+// request; it is hashed verbatim as a string (inner quotes escaped) with
+// sha512. Golden value from Python as above.
+func TestSERuntimeDigestGolden(t *testing.T) {
+	const nonce = `{"request_blob":"3q2+7w==","measurement_size":64,"additional_size":32,"encr_measurement_key":"EREREQ==","encr_request_nonce":"IiIiIg==","image_hdr_tags":"AAEC/w=="}`
+	ec := TEEPubKey{Kty: "EC", Crv: "P-256", Alg: AlgECDHESA256KW,
+		X: "WKn-ZIGevcwGIyyrzFoZNBdaq9_TsqzGl96oc0CWuis", Y: "y77t-RvAHRKTsSGdIYUfweuOvwrvDD-Q3Hv5J0fSKbE"}
+	const want = "4623d747302b2cb1484e46e44f1a5031d8d0865ab0d06e74996b21e354cb9f4728e086b154136ac061cd226fa15ad9b85e022eb70f421ff31ffe87832c32832b"
+	d, err := RuntimeDigest(crypto.SHA512, RuntimeData{Nonce: nonce, TEEPubKey: ec}, "")
+	if err != nil || hex.EncodeToString(d) != want {
+		t.Fatalf("RuntimeDigest = %x, %v\nwant %s", d, err, want)
+	}
+}
+
 func TestTEEPubKeyMembers(t *testing.T) {
 	for _, alg := range []KeyAlgorithm{KeyECDHP256, KeyECDHP521, KeyRSAOAEP} {
 		t.Run(string(alg), func(t *testing.T) {
