@@ -5,7 +5,7 @@
 //	    [--kernel-modules DIR --modules a,b] [--add SRC:DST]... [--compress gzip|none]
 //	cova-rootfs digest FILE...
 //	cova-rootfs refvalues [--kernel K] [--initrd I] [--cmdline C] [--initdata F] \
-//	    [--firmware seabios] [--tpm-pcr N=HEX]... [--ovmf F --vcpus N --vcpu-type T --guest-features X] [--rvps-message]
+//	    [--firmware seabios|ovmf [--memory 512M]] [--tpm-pcr N=HEX]... [--ovmf F --vcpus N --vcpu-type T --guest-features X] [--rvps-message]
 //
 // build is reproducible: the same inputs give the same bytes. Every entry is
 // stamped with SOURCE_DATE_EPOCH (0 when unset). It prints the output's
@@ -50,8 +50,8 @@ const usage = `usage:
   cova-rootfs build --agent FILE --out FILE [--kernel-modules DIR --modules a,b] [--kernel-release REL]
                     [--add SRC:DST]... [--compress gzip|none]
   cova-rootfs digest FILE...
-  cova-rootfs refvalues [--kernel K] [--initrd I] [--cmdline C] [--initdata F] [--firmware seabios]
-                    [--tpm-pcr N=HEX]... [--ovmf F [--vcpus N] [--vcpu-type T] [--guest-features X]] [--rvps-message]`
+  cova-rootfs refvalues [--kernel K] [--initrd I] [--cmdline C] [--initdata F]
+                    [--firmware seabios|ovmf [--memory 512M]] [--tpm-pcr N=HEX]... [--ovmf F [--vcpus N] [--vcpu-type T] [--guest-features X]] [--rvps-message]`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {

@@ -51,12 +51,15 @@ func cmdRefvalues(args []string, stdout, stderr io.Writer) error {
 		snp      refvalues.SNPInputs
 		features string
 		pcrs     = pcrFlag{}
+		memory   string
 	)
 	fs.StringVar(&in.Kernel, "kernel", "", "kernel image (bzImage) as booted")
 	fs.StringVar(&in.Initrd, "initrd", "", "initrd as booted")
 	fs.StringVar(&in.Cmdline, "cmdline", "", "the whole kernel command line as passed (QEMU -append)")
 	fs.StringVar(&initdata, "initdata", "", "initdata TOML document, exactly as delivered to the guest")
-	fs.StringVar(&in.Firmware, "firmware", "", "seabios: add the vTPM PCRs a SeaBIOS direct boot determines (0, 3, 5, 6, 7; 10 with --tpm-pcr 1, 2 and 4)")
+	fs.StringVar(&in.Firmware, "firmware", "", "seabios: add the vTPM PCRs a SeaBIOS direct boot determines (0, 3, 5, 6, 7; 10 with --tpm-pcr 1, 2 and 4);\n"+
+		"ovmf: those an OVMF direct boot determines (2-7 and 9: 4 binds --kernel, 9 --cmdline and --initrd; 10 with --tpm-pcr 0 and 1)")
+	fs.StringVar(&memory, "memory", "512M", "--firmware ovmf: guest RAM as QEMU -m takes it (the kernel image OVMF measures depends on it)")
 	fs.Var(pcrs, "tpm-pcr", "N=HEX: a vTPM PCR value known from a reference boot of the same machine (repeatable)")
 	fs.StringVar(&snp.OVMF, "ovmf", "", "OVMF image (edk2 AmdSevX64 build): add snp_launch_measurement of the direct boot")
 	fs.IntVar(&snp.VCPUs, "vcpus", 1, "SEV-SNP: number of vCPUs")
@@ -75,6 +78,13 @@ func cmdRefvalues(args []string, stdout, stderr io.Writer) error {
 	}
 	if len(pcrs) > 0 {
 		in.TPMPCRs = pcrs
+	}
+	if in.Firmware == refvalues.FirmwareOVMF {
+		m, err := parseMemory(memory)
+		if err != nil {
+			return fmt.Errorf("refvalues: --memory %q: %w", memory, err)
+		}
+		in.Memory = m
 	}
 	if initdata != "" {
 		b, err := readLimited(initdata, maxInitdata)
@@ -106,6 +116,29 @@ func cmdRefvalues(args []string, stdout, stderr io.Writer) error {
 	}
 	_, err = fmt.Fprintf(stdout, "%s\n", out)
 	return err
+}
+
+// parseMemory parses a size as QEMU's -m does: a number of MiB, or a
+// number with a K, M, G or T suffix (binary units).
+func parseMemory(s string) (uint64, error) {
+	shift := 20
+	if n := len(s); n > 0 {
+		switch s[n-1] {
+		case 'K', 'k':
+			shift, s = 10, s[:n-1]
+		case 'M', 'm':
+			shift, s = 20, s[:n-1]
+		case 'G', 'g':
+			shift, s = 30, s[:n-1]
+		case 'T', 't':
+			shift, s = 40, s[:n-1]
+		}
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || v == 0 || v > 1<<(64-shift)-1 {
+		return 0, errors.New("want a size such as 512M or 2G")
+	}
+	return v << shift, nil
 }
 
 // readLimited reads a file of at most limit bytes.

@@ -136,3 +136,84 @@ func TestRefvaluesCommandErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestParseMemory(t *testing.T) {
+	tests := []struct {
+		in   string
+		want uint64
+		ok   bool
+	}{
+		{"512M", 512 << 20, true},
+		{"512", 512 << 20, true},
+		{"2G", 2 << 30, true},
+		{"2g", 2 << 30, true},
+		{"524288K", 512 << 20, true},
+		{"1T", 1 << 40, true},
+		{"", 0, false},
+		{"0", 0, false},
+		{"M", 0, false},
+		{"-1G", 0, false},
+		{"1.5G", 0, false},
+		{"99999999999999T", 0, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := parseMemory(tc.in)
+			if (err == nil) != tc.ok || got != tc.want {
+				t.Fatalf("parseMemory(%q) = %d, %v; want %d, ok %v", tc.in, got, err, tc.want, tc.ok)
+			}
+		})
+	}
+}
+
+// miniKernel is a tiny bzImage-shaped PE image (rootfs/refvalues testdata).
+var miniKernel = filepath.Join("..", "..", "rootfs", "refvalues", "testdata", "mini-bzimage.signed.efi")
+
+func TestRefvaluesOVMF(t *testing.T) {
+	_, initrd, initdata := refvaluesFiles(t)
+	const cmdline = "console=ttyS0"
+	pcr0 := strings.Repeat("a0", 32)
+	got, _, err := runRefvalues(t, "--kernel", miniKernel, "--initrd", initrd, "--cmdline", cmdline, "--initdata", initdata,
+		"--firmware", "ovmf", "--memory", "1G", "--tpm-pcr", "0="+pcr0, "--tpm-pcr", "1="+strings.Repeat("a1", 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := refvalues.Compute(refvalues.Inputs{Kernel: miniKernel, Initrd: initrd, Cmdline: cmdline, HasCmdline: true,
+		Initdata: []byte(testInitdata), Firmware: refvalues.FirmwareOVMF, Memory: 1 << 30,
+		TPMPCRs: map[int][]byte{0: bytes.Repeat([]byte{0xa0}, 32), 1: bytes.Repeat([]byte{0xa1}, 32)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := want.Sample()
+	for i := 0; i <= 10; i++ {
+		name := refvalues.TPMPCRName(i)
+		if g, w := got[name], ws[name]; len(g) != 1 || len(w) != 1 || g[0] != w[0] {
+			t.Errorf("%s = %v, want %v", name, g, w)
+		}
+	}
+	// The default memory is the test harness's 512M: another PCR 4.
+	def, _, err := runRefvalues(t, "--kernel", miniKernel, "--initrd", initrd, "--cmdline", cmdline, "--firmware", "ovmf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if def[refvalues.TPMPCRName(4)][0] == got[refvalues.TPMPCRName(4)][0] || def[refvalues.TPMPCRName(9)][0] != got[refvalues.TPMPCRName(9)][0] {
+		t.Errorf("--memory 1G vs 512M: PCR 4 %v / %v, PCR 9 %v / %v", got[refvalues.TPMPCRName(4)], def[refvalues.TPMPCRName(4)],
+			got[refvalues.TPMPCRName(9)], def[refvalues.TPMPCRName(9)])
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"bad memory", []string{"--kernel", miniKernel, "--initrd", initrd, "--cmdline", cmdline, "--firmware", "ovmf", "--memory", "lots"}, "--memory"},
+		{"no cmdline", []string{"--kernel", miniKernel, "--initrd", initrd, "--firmware", "ovmf"}, "cmdline"},
+		{"not a bzImage", []string{"--kernel", initrd, "--initrd", initrd, "--cmdline", cmdline, "--firmware", "ovmf"}, "HdrS"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := runRefvalues(t, tc.args...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one mentioning %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -17,6 +17,11 @@
 // either (its TDX values tdvfkernel and tdvfkernelparams are the firmware's
 // PE/UTF-16 measurements, not file digests), so Cova uses
 // kernel_sha256/_sha384, initrd_…, cmdline_… and init_data_digest.
+//
+// vTPM PCRs depend on the firmware: tpm.go records what a SeaBIOS direct
+// boot measures (nothing of the image), ovmf.go what an OVMF direct boot
+// measures (the kernel in PCR 4; the command line and the initrd in PCR 9)
+// and how to predict it, with PE Authenticode digests from pe.go.
 package refvalues
 
 import (
@@ -116,8 +121,15 @@ type Inputs struct {
 	TPMPCRs map[int][]byte
 	// Firmware, when FirmwareSeaBIOS, adds the PCRs a SeaBIOS direct boot
 	// determines (see tpm.go): 0, 3, 5, 6, 7, and 10 once 1, 2 and 4 are
-	// given in TPMPCRs.
+	// given in TPMPCRs. FirmwareOVMF adds those of an OVMF direct boot
+	// (see ovmf.go): 2-7 and 9, which bind Kernel, Initrd and Cmdline, and
+	// 10 once 0 and 1 are given; it needs Kernel, Initrd, Cmdline and
+	// Memory.
 	Firmware string
+	// Memory is the guest's RAM in bytes (QEMU -m) for FirmwareOVMF: QEMU
+	// writes the initrd's load address, which depends on it, into the
+	// kernel image the firmware measures.
+	Memory uint64
 	// SNP, when set, computes the SEV-SNP launch measurement of a direct
 	// boot of Kernel, Initrd and Cmdline with SNP.OVMF.
 	SNP *SNPInputs
@@ -180,7 +192,7 @@ func Compute(in Inputs) (Values, error) {
 		if v.TPMPCRs == nil {
 			v.TPMPCRs = map[int][]byte{}
 		}
-		if err := firmwarePCRs(in.Firmware, v.TPMPCRs); err != nil {
+		if err := firmwarePCRs(in, v.TPMPCRs); err != nil {
 			return Values{}, err
 		}
 	}

@@ -23,7 +23,7 @@ import (
 //   - SeaBIOS does not measure the kernel, the initrd or the command line,
 //     and no EFI stub runs, so no PCR binds the guest image: with this
 //     firmware the vTPM attests the platform, initdata (PCR 8) and runtime
-//     events, not the image. (OVMF/UEFI would measure the kernel image.)
+//     events, not the image. (OVMF does: see ovmf.go.)
 //   - PCR 8 is zero until the agent extends it with the initdata digest.
 //   - PCR 10 holds IMA's boot_aggregate (CONFIG_IMA=y, template ima-sig,
 //     sha256): IMABootAggregatePCR of PCRs 0–9 as they were when the kernel
@@ -83,32 +83,54 @@ func IMABootAggregatePCR(pcrs [][]byte) ([]byte, error) {
 	return ExtendPCR(make([]byte, sha256.Size), d[:]), nil
 }
 
-// firmwarePCRs adds what fw determines to pcrs (given values must agree)
-// and, when PCRs 0–7 are then all known, IMA's PCR 10.
-func firmwarePCRs(fw string, pcrs map[int][]byte) error {
-	switch fw {
+// firmwarePCRs adds what in.Firmware determines to pcrs (given values must
+// agree) and, when PCRs 0–7 are then all known, IMA's PCR 10.
+func firmwarePCRs(in Inputs, pcrs map[int][]byte) error {
+	var (
+		fixed map[int][]byte
+		who   string // for errors
+	)
+	switch in.Firmware {
 	case "":
 		return nil
 	case FirmwareSeaBIOS:
-	default:
-		return fmt.Errorf("firmware %q: want %q: %w", fw, FirmwareSeaBIOS, errdefs.ErrInvalidArgument)
-	}
-	sep := SeaBIOSSeparatorPCR()
-	for _, i := range SeaBIOSSeparatorOnlyPCRs {
-		if p, ok := pcrs[i]; ok && !bytes.Equal(p, sep) {
-			return fmt.Errorf("tpm pcr %d: given %x, but SeaBIOS leaves %x: %w", i, p, sep, errdefs.ErrInvalidArgument)
+		fixed, who = map[int][]byte{}, "SeaBIOS"
+		for _, i := range SeaBIOSSeparatorOnlyPCRs {
+			fixed[i] = SeaBIOSSeparatorPCR()
 		}
-		pcrs[i] = sep
+	case FirmwareOVMF:
+		if in.Kernel == "" || in.Initrd == "" || !(in.HasCmdline || in.Cmdline != "") || in.Memory == 0 {
+			return fmt.Errorf("firmware %s: kernel, initrd, cmdline and memory are required (the boot measures them): %w", FirmwareOVMF, errdefs.ErrInvalidArgument)
+		}
+		b, err := ovmfBootFromFiles(in.Kernel, in.Initrd, in.Cmdline, in.Memory)
+		if err != nil {
+			return fmt.Errorf("firmware %s: %w", FirmwareOVMF, err)
+		}
+		fixed, who = b.PCRs(), "OVMF booting these artifacts"
+	default:
+		return fmt.Errorf("firmware %q: want %q or %q: %w", in.Firmware, FirmwareSeaBIOS, FirmwareOVMF, errdefs.ErrInvalidArgument)
 	}
+	for i, p := range fixed {
+		if g, ok := pcrs[i]; ok && !bytes.Equal(g, p) {
+			return fmt.Errorf("tpm pcr %d: given %x, but %s leaves %x: %w", i, g, who, p, errdefs.ErrInvalidArgument)
+		}
+		pcrs[i] = p
+	}
+	// IMA ran before the agent extended PCR 8 (zero then); PCR 9 holds
+	// what the firmware or the EFI stub measured (nothing under SeaBIOS).
 	early := make([][]byte, 10)
 	for i := range 8 {
 		p, ok := pcrs[i]
 		if !ok {
-			return nil // PCR 1, 2 or 4 unknown: PCR 10 cannot be predicted
+			return nil // PCR 0, 1, 2 or 4 unknown: PCR 10 cannot be predicted
 		}
 		early[i] = p
 	}
-	early[8], early[9] = make([]byte, sha256.Size), make([]byte, sha256.Size)
+	early[8] = make([]byte, sha256.Size)
+	early[9] = fixed[9]
+	if early[9] == nil {
+		early[9] = make([]byte, sha256.Size)
+	}
 	p10, err := IMABootAggregatePCR(early)
 	if err != nil {
 		return err

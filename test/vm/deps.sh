@@ -5,7 +5,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-pkgs=(qemu-system-x86 qemu-utils kmod cpio libarchive-tools e2fsprogs busybox-static file swtpm)
+pkgs=(qemu-system-x86 qemu-utils kmod cpio libarchive-tools e2fsprogs busybox-static file swtpm ovmf)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -112,7 +112,30 @@ type Config struct {
 	// driver then gives the agent /dev/tpm0 (use the bzImage: the PVH
 	// vmlinux entry disables PnP ACPI, which hides the TIS device).
 	TPM string
+	// OVMF, when set, boots UEFI firmware instead of QEMU's default
+	// SeaBIOS: a measured boot whose PCRs cover the kernel and the initrd
+	// (see package rootfs/refvalues).
+	OVMF *OVMF
 }
+
+// OVMF is a UEFI firmware for Config.OVMF, split as Debian's ovmf package
+// ships it: the code (/usr/share/OVMF/OVMF_CODE_4M.fd, built with TPM 2.0
+// support and without SMM, so plain q35 under TCG runs it) and a variable
+// store template (OVMF_VARS_4M.fd). Start copies the template into
+// Config.Dir (VarsFile) because QEMU writes the store the guest sees.
+type OVMF struct {
+	Code string
+	Vars string
+}
+
+// Debian's ovmf package.
+const (
+	DebianOVMFCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	DebianOVMFVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+)
+
+// VarsFile is the VM's own copy of the OVMF variable store, in dir.
+func (o OVMF) VarsFile(dir string) string { return filepath.Join(dir, "ovmf-vars.fd") }
 
 // GuestMAC is the MAC of the NIC Config.Net adds.
 const GuestMAC = "52:54:00:c0:7a:01"
@@ -130,12 +153,19 @@ func (c Config) Args() []string {
 		"-machine", "q35,accel=tcg", "-m", mem, "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none",
 		"-serial", "stdio", "-monitor", "none", "-no-reboot",
-		"-kernel", c.Kernel, "-initrd", c.Initrd,
-		"-append", strings.TrimSpace(BaseCmdline + " " + c.Append),
-		"-device", "virtio-serial-pci,id=vser0,romfile=",
-		"-chardev", "socket,id=ch0,path=" + sock + ",server=on,wait=off",
-		"-device", "virtserialport,bus=vser0.0,chardev=ch0,name=" + PortName,
 	}
+	if c.OVMF != nil {
+		args = append(args,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+c.OVMF.Code,
+			"-drive", "if=pflash,format=raw,unit=1,file="+c.OVMF.VarsFile(c.Dir))
+	}
+	args = append(args,
+		"-kernel", c.Kernel, "-initrd", c.Initrd,
+		"-append", strings.TrimSpace(BaseCmdline+" "+c.Append),
+		"-device", "virtio-serial-pci,id=vser0,romfile=",
+		"-chardev", "socket,id=ch0,path="+sock+",server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=ch0,name="+PortName,
+	)
 	if c.TPM != "" {
 		args = append(args,
 			"-chardev", "socket,id=chrtpm,path="+c.TPM,
@@ -198,6 +228,21 @@ func Start(c Config) (*VM, error) {
 	}
 	if len(v.Socket) >= len(unix.RawSockaddrUnix{}.Path) {
 		return nil, fmt.Errorf("vm: socket path %s is too long for a unix socket", v.Socket)
+	}
+	if c.OVMF != nil {
+		if c.OVMF.Code == "" || c.OVMF.Vars == "" {
+			return nil, errors.New("vm: OVMF needs Code and Vars")
+		}
+		if _, err := os.Stat(c.OVMF.Code); err != nil {
+			return nil, fmt.Errorf("vm: OVMF code: %w", err)
+		}
+		vars, err := os.ReadFile(c.OVMF.Vars)
+		if err != nil {
+			return nil, fmt.Errorf("vm: OVMF variable store: %w", err)
+		}
+		if err := os.WriteFile(c.OVMF.VarsFile(c.Dir), vars, 0o600); err != nil {
+			return nil, fmt.Errorf("vm: OVMF variable store copy: %w", err)
+		}
 	}
 	logf, err := os.OpenFile(v.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_EXCL, 0o644)
 	if err != nil {
