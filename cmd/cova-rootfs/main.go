@@ -50,6 +50,7 @@ const usage = `usage:
   cova-rootfs build --agent FILE --out FILE [--kernel-modules DIR --modules a,b] [--kernel-release REL]
                     [--add SRC:DST]... [--compress gzip|none]
   cova-rootfs digest FILE...
+  cova-rootfs verity --image FILE [--hash FILE] [--salt HEX|-] [--uuid UUID]
   cova-rootfs refvalues [--kernel K] [--initrd I] [--cmdline C] [--initdata F]
                     [--firmware seabios|ovmf [--memory 512M]] [--tpm-pcr N=HEX]... [--ovmf F [--vcpus N] [--vcpu-type T] [--guest-features X]] [--rvps-message]`
 
@@ -65,6 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdDigest(args[1:], stdout, stderr)
 	case "refvalues":
 		return cmdRefvalues(args[1:], stdout, stderr)
+	case "verity":
+		return cmdVerity(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, usage)
 		return nil
