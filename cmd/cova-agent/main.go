@@ -154,6 +154,9 @@ func run(start time.Time) error {
 		if err := sysinit.MountBase(ctx, log, sysinit.Options{}); err != nil {
 			return fmt.Errorf("mount base filesystems: %w", err)
 		}
+		if err := sysinit.LoopbackUp(log); err != nil {
+			return fmt.Errorf("bring up the loopback link: %w", err)
+		}
 		ph.mark("mounts")
 	}
 	lo := config.LoadOptions{ConfigFileFlag: f.configFile}

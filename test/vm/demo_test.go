@@ -42,6 +42,7 @@ const (
 	demoPolicy    = "default/security-policy/demo"
 	demoSealKey   = "default/sealed-secret-key/1"
 	demoSecret    = "default/secret/greeting"
+	demoConfig    = "default/config/app"
 )
 
 // TestDemo is `make demo`: the confidential pod flow, step by step with
@@ -133,6 +134,7 @@ func TestDemo(t *testing.T) {
 		demoPolicy:    secPolicy,
 		demoSealKey:   signer.JWK,
 		demoSecret:    []byte("a secret released by the KBS"),
+		demoConfig:    []byte("config fetched through the CDH REST API"),
 	}, Policy: func(_ context.Context, in kbs.PolicyInput) error {
 		mu.Lock()
 		defer mu.Unlock()
@@ -191,7 +193,13 @@ func TestDemo(t *testing.T) {
 		Driver: "image_guest_pull", Source: image, Fstype: "overlay", MountPoint: mp,
 		DriverOptions: []string{`image_guest_pull={"metadata":{"io.kubernetes.cri.container-type":"container"}}`},
 	}}
-	spec := containerSpec(mp, "sh", "-c", `echo "$GREETING, in a decrypted and verified image on $(uname -s) $(cat /proc/sys/kernel/hostname)"`)
+	// The container also reads a resource through the guest-components
+	// REST API the agent serves on 127.0.0.1:8006 (the pod shares the
+	// guest's network namespace, as in Kata). nc, not wget: Debian's static
+	// busybox wget segfaults in glibc's NSS; stdin stays open a moment, as
+	// Go's HTTP server cancels a request whose client half-closes.
+	spec := containerSpec(mp, "sh", "-c", `echo "$GREETING, in a decrypted and verified image on $(uname -s) $(cat /proc/sys/kernel/hostname)"; `+
+		`echo "REST: $({ printf 'GET /cdh/resource/`+demoConfig+` HTTP/1.0\r\n\r\n'; sleep 1; } | nc 127.0.0.1 8006 | tail -n 1)"`)
 	spec.Process.Env = append(spec.Process.Env, "GREETING="+sealedEnv)
 	spec.Root.Readonly = false
 	spec.Hostname = ""
@@ -207,11 +215,14 @@ func TestDemo(t *testing.T) {
 	mu.Unlock()
 	sort.Strings(got)
 	t.Logf("KBS released: %s; %d attestation(s)", strings.Join(got, ", "), k.Stats().Attest)
-	t.Logf("container output: %s", strings.TrimSpace(w))
-	if st != 0 || !strings.Contains(w, "a secret released by the KBS, in a decrypted and verified image") {
+	for _, l := range strings.Split(strings.TrimSpace(w), "\n") {
+		t.Logf("container output: %s", l)
+	}
+	if st != 0 || !strings.Contains(w, "a secret released by the KBS, in a decrypted and verified image") ||
+		!strings.Contains(w, "REST: config fetched through the CDH REST API") {
 		t.Fatalf("container: %q %q %d\nconsole:\n%s", w, errOut, st, tail(v.Console(), 40))
 	}
-	for _, want := range []string{demoKEK, demoPolicy, demoCosignKey, demoSecret} {
+	for _, want := range []string{demoKEK, demoPolicy, demoCosignKey, demoSecret, demoConfig} {
 		if !rel[want] {
 			t.Errorf("the KBS never released %s", want)
 		}
@@ -256,7 +267,7 @@ func busyboxLayer(t *testing.T, busybox string) ([]byte, oci.Digest) {
 	if _, err := tw.Write(bb); err != nil {
 		t.Fatal(err)
 	}
-	for _, app := range []string{"sh", "echo", "cat", "uname"} {
+	for _, app := range []string{"sh", "echo", "cat", "uname", "nc", "tail", "sleep"} {
 		if err := tw.WriteHeader(&tar.Header{Name: "bin/" + app, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}); err != nil {
 			t.Fatal(err)
 		}
