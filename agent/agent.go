@@ -23,6 +23,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cova-project/cova/internal/rpcutil"
+
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc/codes"
@@ -244,38 +246,9 @@ func (a *Agent) count(rpc string) {
 	v.(*atomic.Uint64).Add(1)
 }
 
-// toStatus maps an error to a gRPC status whose message names the rpc.
-func toStatus(rpc string, err error) error {
-	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
-		return err // already a status (e.g. from the policy gate)
-	}
-	c := codes.Internal
-	switch {
-	case errors.Is(err, context.Canceled):
-		c = codes.Canceled
-	case errors.Is(err, context.DeadlineExceeded):
-		c = codes.DeadlineExceeded
-	case errdefs.IsInvalidArgument(err):
-		c = codes.InvalidArgument
-	case errdefs.IsNotFound(err):
-		c = codes.NotFound
-	case errdefs.IsAlreadyExists(err):
-		c = codes.AlreadyExists
-	case errdefs.IsFailedPrecondition(err), errdefs.IsConflict(err):
-		c = codes.FailedPrecondition
-	case errdefs.IsPermissionDenied(err):
-		c = codes.PermissionDenied
-	case errdefs.IsNotImplemented(err):
-		c = codes.Unimplemented
-	case errdefs.IsUnavailable(err):
-		c = codes.Unavailable
-	case errdefs.IsOutOfRange(err):
-		c = codes.OutOfRange
-	case errdefs.IsResourceExhausted(err):
-		c = codes.ResourceExhausted
-	}
-	return status.Error(c, rpc+": "+err.Error())
-}
+// toStatus maps an error to a gRPC status whose message names the rpc (a
+// status from the policy gate passes through).
+func toStatus(rpc string, err error) error { return rpcutil.Status(rpc, err) }
 
 // invalid returns an INVALID_ARGUMENT error naming the field.
 func invalid(field, format string, args ...any) error {

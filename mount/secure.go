@@ -6,11 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/cova-project/cova/internal/runtool"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -342,25 +341,9 @@ func (m *Manager) makeExt4(ctx context.Context, dev string) error {
 	return nil
 }
 
-// toolDirs are searched when PATH does not find a tool: PID 1 starts
-// without PATH.
-var toolDirs = []string{"/usr/sbin", "/usr/bin", "/sbin", "/bin"}
-
-// runTool runs name (found through PATH or toolDirs) with args.
+// runTool runs name (through PATH or the system directories) with args.
 func runTool(ctx context.Context, name string, args ...string) ([]byte, error) {
-	path, err := exec.LookPath(name)
-	if err != nil {
-		for _, d := range toolDirs {
-			if st, serr := os.Stat(filepath.Join(d, name)); serr == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-				path, err = filepath.Join(d, name), nil
-				break
-			}
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s not found in PATH or %v: %w", name, toolDirs, errdefs.ErrNotFound)
-	}
-	return exec.CommandContext(ctx, path, args...).CombinedOutput()
+	return runtool.Run(ctx, name, args...)
 }
 
 // clipOutput keeps tool output short in errors.

@@ -2,16 +2,15 @@ package aaservice
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"time"
+
+	"github.com/cova-project/cova/internal/rpcutil"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
@@ -53,28 +52,9 @@ func Listen(addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return nil, fmt.Errorf("aaservice: create socket directory: %w", err)
-	}
-	if fi, err := os.Lstat(p); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("aaservice: %s exists and is not a socket: %w", p, errdefs.ErrAlreadyExists)
-		}
-		if err := os.Remove(p); err != nil {
-			return nil, fmt.Errorf("aaservice: remove stale socket: %w", err)
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("aaservice: %w", err)
-	}
-	l, err := net.Listen("unix", p)
+	l, err := rpcutil.ListenUnix(context.Background(), p, 0o755)
 	if err != nil {
-		return nil, fmt.Errorf("aaservice: listen: %w", err)
-	}
-	// The socket is created with the umask's mode (0755 under the usual
-	// 022, which already denies others a connect); tighten it at once.
-	if err := os.Chmod(p, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("aaservice: chmod socket: %w", err)
+		return nil, fmt.Errorf("aaservice: %w", err)
 	}
 	return l, nil
 }
@@ -113,40 +93,8 @@ func (s *Service) intercept(ctx context.Context, unmarshal ttrpc.Unmarshaler, in
 	})
 }
 
-// codeOf maps the outermost errdefs class (or context error) of err to a
-// gRPC code; errors without a class are INTERNAL.
-var codeOf = map[error]codes.Code{
-	errdefs.ErrInvalidArgument:    codes.InvalidArgument,
-	errdefs.ErrNotFound:           codes.NotFound,
-	errdefs.ErrAlreadyExists:      codes.AlreadyExists,
-	errdefs.ErrPermissionDenied:   codes.PermissionDenied,
-	errdefs.ErrResourceExhausted:  codes.ResourceExhausted,
-	errdefs.ErrFailedPrecondition: codes.FailedPrecondition,
-	errdefs.ErrConflict:           codes.FailedPrecondition,
-	errdefs.ErrNotModified:        codes.FailedPrecondition,
-	errdefs.ErrAborted:            codes.Aborted,
-	errdefs.ErrOutOfRange:         codes.OutOfRange,
-	errdefs.ErrNotImplemented:     codes.Unimplemented,
-	errdefs.ErrInternal:           codes.Internal,
-	errdefs.ErrUnavailable:        codes.Unavailable,
-	errdefs.ErrDataLoss:           codes.DataLoss,
-	errdefs.ErrUnauthenticated:    codes.Unauthenticated,
-	context.DeadlineExceeded:      codes.DeadlineExceeded,
-	context.Canceled:              codes.Canceled,
-}
-
-// toStatus maps err to a gRPC status whose message names the rpc. A status
-// error passes through.
-func toStatus(rpc string, err error) error {
-	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
-		return err
-	}
-	c, ok := codeOf[errdefs.Resolve(err)]
-	if !ok {
-		c = codes.Internal
-	}
-	return status.Error(c, rpc+": "+err.Error())
-}
+// toStatus maps err to a gRPC status whose message names the rpc.
+func toStatus(rpc string, err error) error { return rpcutil.Status(rpc, err) }
 
 // Serve listens on addr (see Listen) and serves until ctx is done, then
 // shuts the server down and removes the socket.
@@ -166,22 +114,10 @@ func (s *Service) ServeListener(ctx context.Context, l net.Listener) error {
 		l.Close()
 		return err
 	}
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		select {
-		case <-ctx.Done():
-		case <-stop:
-		}
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	err = srv.Serve(ctx, l)
-	if errors.Is(err, ttrpc.ErrServerClosed) || ctx.Err() != nil {
-		return nil
+	if err := rpcutil.Serve(ctx, srv, l); err != nil {
+		return fmt.Errorf("aaservice: %w", err)
 	}
-	return fmt.Errorf("aaservice: serve: %w", err)
+	return nil
 }
 
 // StartOptions configures Start.

@@ -2,15 +2,13 @@ package api
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"net"
-	"os"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
-	"time"
+
+	"github.com/cova-project/cova/internal/rpcutil"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
@@ -52,33 +50,9 @@ func Listen(ctx context.Context, path string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return nil, fmt.Errorf("cdh api: create socket directory: %w", err)
-	}
-	if fi, err := os.Lstat(p); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("cdh api: %s exists and is not a socket: %w", p, errdefs.ErrAlreadyExists)
-		}
-		d := net.Dialer{Timeout: time.Second}
-		if c, err := d.DialContext(ctx, "unix", p); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("cdh api: %s: another server is listening: %w", p, errdefs.ErrAlreadyExists)
-		}
-		if err := os.Remove(p); err != nil {
-			return nil, fmt.Errorf("cdh api: remove stale socket: %w", err)
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("cdh api: %w", err)
-	}
-	var lc net.ListenConfig
-	l, err := lc.Listen(ctx, "unix", p)
+	l, err := rpcutil.ListenUnix(ctx, p, 0o700)
 	if err != nil {
-		return nil, fmt.Errorf("cdh api: listen: %w", err)
-	}
-	// Tighten the umask's mode at once.
-	if err := os.Chmod(p, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("cdh api: chmod socket: %w", err)
+		return nil, fmt.Errorf("cdh api: %w", err)
 	}
 	return l, nil
 }
@@ -120,22 +94,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		l.Close()
 		return err
 	}
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		select {
-		case <-ctx.Done():
-		case <-stop:
-		}
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	err = srv.Serve(ctx, l)
-	if errors.Is(err, ttrpc.ErrServerClosed) || ctx.Err() != nil {
-		return nil
+	if err := rpcutil.Serve(ctx, srv, l); err != nil {
+		return fmt.Errorf("cdh api: %w", err)
 	}
-	return fmt.Errorf("cdh api: serve: %w", err)
+	return nil
 }
 
 // ListenAndServe listens on path (see Listen) and serves until ctx is done.

@@ -7,6 +7,8 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/cova-project/cova/internal/rpcutil"
+
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -47,40 +49,8 @@ func run[T any](ctx context.Context, s *Server, rpc string, f func(context.Conte
 	return f(ctx)
 }
 
-// codeOf maps the outermost errdefs class (or context error) of an error to
-// a gRPC code; errors without a class are INTERNAL.
-var codeOf = map[error]codes.Code{
-	errdefs.ErrInvalidArgument:    codes.InvalidArgument,
-	errdefs.ErrNotFound:           codes.NotFound,
-	errdefs.ErrAlreadyExists:      codes.AlreadyExists,
-	errdefs.ErrPermissionDenied:   codes.PermissionDenied,
-	errdefs.ErrResourceExhausted:  codes.ResourceExhausted,
-	errdefs.ErrFailedPrecondition: codes.FailedPrecondition,
-	errdefs.ErrConflict:           codes.FailedPrecondition,
-	errdefs.ErrNotModified:        codes.FailedPrecondition,
-	errdefs.ErrAborted:            codes.Aborted,
-	errdefs.ErrOutOfRange:         codes.OutOfRange,
-	errdefs.ErrNotImplemented:     codes.Unimplemented,
-	errdefs.ErrInternal:           codes.Internal,
-	errdefs.ErrUnavailable:        codes.Unavailable,
-	errdefs.ErrDataLoss:           codes.DataLoss,
-	errdefs.ErrUnauthenticated:    codes.Unauthenticated,
-	context.DeadlineExceeded:      codes.DeadlineExceeded,
-	context.Canceled:              codes.Canceled,
-}
-
-// toStatus maps err to a gRPC status whose message names the rpc. A status
-// error (other than UNKNOWN) passes through.
-func toStatus(rpc string, err error) error {
-	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
-		return err
-	}
-	c, ok := codeOf[errdefs.Resolve(err)]
-	if !ok {
-		c = codes.Internal
-	}
-	return status.Error(c, rpc+": "+err.Error())
-}
+// toStatus maps err to a gRPC status whose message names the rpc.
+func toStatus(rpc string, err error) error { return rpcutil.Status(rpc, err) }
 
 // unimplemented answers an rpc whose dependency is not wired.
 func unimplemented(rpc, what string) error {

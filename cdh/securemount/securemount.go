@@ -38,11 +38,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/cova-project/cova/internal/runtool"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -178,25 +179,9 @@ func New(cfg Config) (*Service, error) {
 	return &Service{cfg: cfg, log: cfg.Log, volumes: map[string]*volume{}}, nil
 }
 
-// toolDirs are searched when PATH does not find a tool: PID 1 starts
-// without PATH.
-var toolDirs = []string{"/usr/sbin", "/usr/bin", "/sbin", "/bin"}
-
-// runTool runs name (found through PATH or toolDirs) with args.
+// runTool runs name (through PATH or the system directories) with args.
 func runTool(ctx context.Context, name string, args ...string) ([]byte, error) {
-	path, err := exec.LookPath(name)
-	if err != nil {
-		for _, d := range toolDirs {
-			if st, serr := os.Stat(filepath.Join(d, name)); serr == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-				path, err = filepath.Join(d, name), nil
-				break
-			}
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s not found in PATH or %v: %w", name, toolDirs, errdefs.ErrNotFound)
-	}
-	return exec.CommandContext(ctx, path, args...).CombinedOutput()
+	return runtool.Run(ctx, name, args...)
 }
 
 func statBlockDevice(p string) (uint32, uint32, error) {
