@@ -13,7 +13,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/cova-project/cova/imagepull/internal/textclip"
+	"github.com/cova-project/cova/internal/textclip"
 )
 
 // DefaultMaxResourceBytes bounds what ReadResource returns when the caller

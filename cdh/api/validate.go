@@ -7,6 +7,8 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/cova-project/cova/internal/textclip"
+
 	"github.com/containerd/errdefs"
 
 	"github.com/cova-project/cova/cdh/kbs"
@@ -62,23 +64,7 @@ func invalid(field, format string, args ...any) error {
 }
 
 // clip shortens s for a message and makes it printable ASCII.
-func clip(s string) string {
-	const n = 128
-	long := len(s) > n
-	if long {
-		s = s[:n]
-	}
-	s = strings.Map(func(r rune) rune {
-		if r < ' ' || r > '~' {
-			return '?'
-		}
-		return r
-	}, s)
-	if long {
-		s += "…"
-	}
-	return s
-}
+func clip(s string) string { return textclip.Printable(s, 128) }
 
 // checkSecret validates a sealed secret's outer form. Its content is never
 // echoed: a message could end up in a log.

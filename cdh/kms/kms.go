@@ -30,6 +30,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/cova-project/cova/internal/textclip"
+
 	"github.com/containerd/errdefs"
 )
 
@@ -153,15 +155,4 @@ func DecodeMembers(field string, obj map[string]json.RawMessage, v any) error {
 // Clip bounds and sanitizes an identifier from a sealed secret or a remote
 // service before it enters an error message (never use it for secret
 // values).
-func Clip(s string) string {
-	const limit = 128
-	if len(s) > limit {
-		s = s[:limit] + "…"
-	}
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return '?'
-		}
-		return r
-	}, s)
-}
+func Clip(s string) string { return textclip.Printable(s, 128) }

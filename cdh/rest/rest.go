@@ -42,6 +42,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cova-project/cova/internal/textclip"
+
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -520,22 +522,7 @@ func (s *Server) aael(ctx context.Context, r *http.Request) reply {
 }
 
 // clip bounds s to n bytes and makes it printable ASCII.
-func clip(s string, n int) string {
-	long := len(s) > n
-	if long {
-		s = s[:n]
-	}
-	s = strings.Map(func(r rune) rune {
-		if r < ' ' || r > '~' {
-			return '?'
-		}
-		return r
-	}, s)
-	if long {
-		s += "..."
-	}
-	return s
-}
+func clip(s string, n int) string { return textclip.Printable(s, n) }
 
 // Serve serves on l until ctx is done, then shuts down (waiting up to 5 s)
 // and closes l.

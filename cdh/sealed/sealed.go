@@ -582,15 +582,4 @@ func (d KBSDecrypter) Decrypt(ctx context.Context, encryptedKey []byte, keyID st
 
 // clip bounds and sanitizes a payload-supplied string before it enters an
 // error message (these are identifiers, never secret values).
-func clip(s string) string {
-	const limit = 128
-	if len(s) > limit {
-		s = s[:limit] + "…"
-	}
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return '?'
-		}
-		return r
-	}, s)
-}
+func clip(s string) string { return kms.Clip(s) }

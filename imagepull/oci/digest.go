@@ -17,7 +17,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/cova-project/cova/imagepull/internal/textclip"
+	"github.com/cova-project/cova/internal/textclip"
 )
 
 // Digest is a validated content digest "algorithm:hex". The zero value is

@@ -12,7 +12,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/cova-project/cova/imagepull/internal/textclip"
+	"github.com/cova-project/cova/internal/textclip"
 	"github.com/cova-project/cova/imagepull/oci"
 )
 

@@ -14,7 +14,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/cova-project/cova/imagepull/internal/textclip"
+	"github.com/cova-project/cova/internal/textclip"
 )
 
 const maxTokenBytes = 1 << 20

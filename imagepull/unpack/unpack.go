@@ -32,7 +32,7 @@ import (
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
 
-	"github.com/cova-project/cova/imagepull/internal/textclip"
+	"github.com/cova-project/cova/internal/textclip"
 )
 
 // Overlay xattr names for opaque directories.
