@@ -28,8 +28,8 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/cova-project/cova/internal/textclip"
 	"github.com/cova-project/cova/imagepull/oci"
+	"github.com/cova-project/cova/internal/textclip"
 )
 
 // Annotations and values of the ocicrypt format.

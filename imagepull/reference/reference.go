@@ -12,8 +12,8 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/cova-project/cova/internal/textclip"
 	"github.com/cova-project/cova/imagepull/oci"
+	"github.com/cova-project/cova/internal/textclip"
 )
 
 // Registry names used for Docker Hub.

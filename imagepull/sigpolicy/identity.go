@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/cova-project/cova/internal/textclip"
 	"github.com/cova-project/cova/imagepull/reference"
+	"github.com/cova-project/cova/internal/textclip"
 )
 
 // matchIdentity reports whether a signature claiming the docker reference
