@@ -218,6 +218,16 @@ func (s *Service) BindInitData(context.Context, *aa.BindInitDataRequest) (*aa.Bi
 }
 
 // GetTeeType returns the primary attester's TEE name.
+// EventLog returns the AAEL event log as recorded so far (a Cova extension
+// behind the REST API's GET /aa/aael: the log is evidence, not a secret).
+// It is ErrNotFound when the event log is off or the TEE has no registers.
+func (s *Service) EventLog() ([]byte, error) {
+	if s.elog == nil {
+		return nil, fmt.Errorf("the event log is not enabled: %w", errdefs.ErrNotFound)
+	}
+	return s.elog.Snapshot()
+}
+
 func (s *Service) GetTeeType(context.Context, *aa.GetTeeTypeRequest) (*aa.GetTeeTypeResponse, error) {
 	return &aa.GetTeeTypeResponse{Tee: s.primary.Tee().String()}, nil
 }

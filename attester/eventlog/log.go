@@ -109,6 +109,21 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 // Path returns the log file path.
 func (l *Log) Path() string { return l.path }
 
+// Snapshot returns the log's content as recorded so far: whole entries
+// only (records are serialised by the log's lock).
+func (l *Log) Snapshot() ([]byte, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, err := os.ReadFile(l.path)
+	if err != nil {
+		return nil, fmt.Errorf("event log: %w", err)
+	}
+	if int64(len(b)) > l.pos {
+		b = b[:l.pos]
+	}
+	return b, nil
+}
+
 // Close closes the log file.
 func (l *Log) Close() error {
 	l.mu.Lock()

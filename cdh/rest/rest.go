@@ -132,6 +132,12 @@ type Config struct {
 	// AA serves /aa/… and the tee fields of /info; while nil, a selected
 	// attestation route answers 500.
 	AA AttestationAgent
+	// EventLog, when set, serves GET /aa/aael (a Cova extension; upstream
+	// has only POST): the AAEL event log as recorded so far, so that a
+	// workload or a test in the guest can hand it to a verifier that
+	// replays it against the register in its evidence. The log is evidence,
+	// not a secret.
+	EventLog func() ([]byte, error)
 	// Version is /info's version (the agent's); "unknown" when empty.
 	Version string
 	// Timeout bounds each backend call; DefaultTimeout when 0.
@@ -146,6 +152,7 @@ type Config struct {
 type Server struct {
 	res     ResourceGetter
 	aa      AttestationAgent
+	elog    func() ([]byte, error)
 	resOn   bool
 	aaOn    bool
 	version string
@@ -159,7 +166,7 @@ var errNoBackend = errors.New("backend not configured")
 
 // New returns a Server; an unknown Feature is an error.
 func New(cfg Config) (*Server, error) {
-	s := &Server{res: cfg.Resources, aa: cfg.AA, version: cfg.Version, feature: cfg.Feature, timeout: cfg.Timeout, log: cfg.Logger}
+	s := &Server{res: cfg.Resources, aa: cfg.AA, elog: cfg.EventLog, version: cfg.Version, feature: cfg.Feature, timeout: cfg.Timeout, log: cfg.Logger}
 	switch s.feature {
 	case "", FeatureResource:
 		s.feature, s.resOn = FeatureResource, true
@@ -399,6 +406,16 @@ func (s *Server) routeAA(r *http.Request, api string) reply {
 		return text(http.StatusNotFound, bodyAANotEnabled)
 	}
 	want := map[string]string{apiToken: http.MethodGet, apiEvidence: http.MethodGet, apiAddEvidence: http.MethodGet, apiAAEL: http.MethodPost}[api]
+	if api == apiAAEL && r.Method == http.MethodGet && s.elog != nil {
+		b, err := s.elog()
+		if errdefs.IsNotFound(err) {
+			return text(http.StatusNotFound, clip("event log: "+err.Error(), maxErrText))
+		}
+		if err != nil {
+			return failure("event log", err)
+		}
+		return reply{code: http.StatusOK, ctype: "text/plain; charset=utf-8", body: b}
+	}
 	switch {
 	case want == "":
 		return text(http.StatusNotFound, bodyNotFound)

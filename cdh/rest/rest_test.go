@@ -515,3 +515,27 @@ func TestSplitNth(t *testing.T) {
 		})
 	}
 }
+
+// TestAAELRead: GET /aa/aael (a Cova extension) returns the event log when
+// the server has one; without it the route stays POST-only as upstream.
+func TestAAELRead(t *testing.T) {
+	const logText = "INIT sha256/0000\ngithub.com/cova-project/cova StartContainer {}\n"
+	base, _ := start(t, Config{Feature: FeatureAttestation, AA: &fakeAA{}, EventLog: func() ([]byte, error) { return []byte(logText), nil }})
+	if r := do(t, "GET", base+"/aa/aael", ""); r.code != 200 || r.body != logText || !strings.HasPrefix(r.ctype, "text/plain") {
+		t.Fatalf("GET /aa/aael = %d %q %q", r.code, r.ctype, r.body)
+	}
+	off, _ := start(t, Config{Feature: FeatureAttestation, AA: &fakeAA{}, EventLog: func() ([]byte, error) {
+		return nil, fmt.Errorf("the event log is not enabled: %w", errdefs.ErrNotFound)
+	}})
+	if r := do(t, "GET", off+"/aa/aael", ""); r.code != 404 || !strings.Contains(r.body, "not enabled") {
+		t.Fatalf("GET /aa/aael with the log off = %d %q", r.code, r.body)
+	}
+	plain, _ := start(t, Config{Feature: FeatureAttestation, AA: &fakeAA{}})
+	if r := do(t, "GET", plain+"/aa/aael", ""); r.code != 405 || r.allow != "POST" {
+		t.Fatalf("GET /aa/aael without EventLog = %d allow %q", r.code, r.allow)
+	}
+	resOnly, _ := start(t, Config{EventLog: func() ([]byte, error) { return []byte(logText), nil }})
+	if r := do(t, "GET", resOnly+"/aa/aael", ""); r.code != 404 {
+		t.Fatalf("GET /aa/aael with the attestation feature off = %d", r.code)
+	}
+}

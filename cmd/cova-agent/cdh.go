@@ -175,7 +175,7 @@ func startCDH(ctx context.Context, base *slog.Logger, vm bool, stateRoot, restFe
 	if !vm {
 		return nil // 127.0.0.1:8006 is not ours to take on a development host
 	}
-	rcfg := cdhrest.Config{Feature: restFeature, AA: d.aa, Version: agent.Version, Logger: base.With("component", "rest")}
+	rcfg := cdhrest.Config{Feature: restFeature, AA: d.aa, EventLog: d.aa.EventLog, Version: agent.Version, Logger: base.With("component", "rest")}
 	if d.resources != nil {
 		rcfg.Resources = d.resources
 	}

@@ -179,7 +179,9 @@ func TestVTPMInitdataEventLog(t *testing.T) {
 	host := t.TempDir()
 	makeBusybox(t, e.busybox, host, nil)
 	disk := Disk{Path: initdataDisk(t, toml, false), ReadOnly: true, Slot: 3}
-	v := bootConfig(t, Config{Kernel: e.kernel.Image, Initrd: e.initrd, Append: e.cmdline(), Dir: dir, Disks: []Disk{disk}, TPM: tp.CtrlSocket})
+	// The attestation REST routes let a container read the event log back.
+	cmdline := e.cmdline() + " agent.guest_components_rest_api=attestation"
+	v := bootConfig(t, Config{Kernel: e.kernel.Image, Initrd: e.initrd, Append: cmdline, Dir: dir, Disks: []Disk{disk}, TPM: tp.CtrlSocket})
 	a, tm := connect(ctx, t, v)
 	t.Logf("boot: %v", tm)
 	if con := v.Console(); !strings.Contains(con, `"tee":"tpm"`) || !strings.Contains(con, `"eventlog":true`) {
@@ -201,6 +203,15 @@ func TestVTPMInitdataEventLog(t *testing.T) {
 	t.Logf("measured container: create..remove in %v", time.Since(start).Round(time.Millisecond))
 	if out != "measured\n" || status != 0 {
 		t.Fatalf("container: stdout %q stderr %q status %d", out, errOut, status)
+	}
+	// A second container reads the event log through the REST API
+	// (GET /aa/aael, a Cova extension) as a workload would, to hand it to
+	// a verifier; its own StartContainer event is in it already.
+	reader := containerSpec(root, "sh", "-c", `{ printf 'GET /aa/aael HTTP/1.0\r\n\r\n'; sleep 1; } | nc 127.0.0.1 8006`)
+	resp, errOut, status := runContainer(ctx, t, a, "aael-reader", reader, nil)
+	_, guestLog, ok := strings.Cut(resp, "\r\n\r\n")
+	if status != 0 || !ok || !strings.HasPrefix(resp, "HTTP/1.0 200") {
+		t.Fatalf("GET /aa/aael from a container: %q %q %d", resp, errOut, status)
 	}
 	v.Kill()
 	// The swtpm keeps the guest's PCRs; quote them with the tpm attester
@@ -240,7 +251,7 @@ func TestVTPMInitdataEventLog(t *testing.T) {
 		}
 	}
 	rv, err := refvalues.Compute(refvalues.Inputs{
-		Kernel: e.kernel.Image, Initrd: e.initrd, Cmdline: strings.TrimSpace(BaseCmdline + " " + e.cmdline()), HasCmdline: true,
+		Kernel: e.kernel.Image, Initrd: e.initrd, Cmdline: strings.TrimSpace(BaseCmdline + " " + cmdline), HasCmdline: true,
 		Initdata: toml, Firmware: refvalues.FirmwareSeaBIOS, TPMPCRs: machine,
 	})
 	if err != nil {
@@ -262,12 +273,28 @@ func TestVTPMInitdataEventLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	replayed, err := eventlog.Replay([]eventlog.Entry{entry}, runtimePCR, eventlog.AlgSHA256, make([]byte, sha256.Size))
+	// The log the guest served replays to the PCR in the quote, and its
+	// first event is the one a verifier computes from the pod spec.
+	entries, err := eventlog.Parse([]byte(guestLog))
+	if err != nil {
+		t.Fatalf("the guest's event log does not parse: %v\n%s", err, guestLog)
+	}
+	replayed, err := eventlog.Replay(entries, runtimePCR, eventlog.AlgSHA256, make([]byte, sha256.Size))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := ev.TPMQuote.PCRs[runtimePCR]; got != hex.EncodeToString(replayed) {
-		t.Errorf("PCR %d = %s; the replay of the one expected event gives %x:\n%s", runtimePCR, got, replayed, want)
+		t.Errorf("PCR %d = %s; the replay of the guest's event log gives %x:\n%s", runtimePCR, got, replayed, guestLog)
+	}
+	t.Logf("guest event log: %d entries", len(entries))
+	found := false
+	for _, en := range entries {
+		if en.Register == entry.Register && bytes.Equal(en.Data, entry.Data) && bytes.Equal(en.Digests[0].Value, entry.Digests[0].Value) {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("the guest's event log lacks the expected StartContainer event %+v:\n%s", want, guestLog)
 	}
 	if strings.Contains(want.Content, "value-never-logged") {
 		t.Error("an env value is in the measured content")

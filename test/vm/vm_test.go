@@ -299,7 +299,7 @@ func makeBusybox(t testing.TB, bb, dir string, extra map[string]string) {
 	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, applet := range []string{"sh", "echo", "cat", "grep", "ls", "uname", "ps", "date", "sleep"} {
+	for _, applet := range []string{"sh", "echo", "cat", "grep", "ls", "uname", "ps", "date", "sleep", "nc", "tail"} {
 		if err := os.Symlink("busybox", filepath.Join(dir, "bin", applet)); err != nil {
 			t.Fatal(err)
 		}
