@@ -119,6 +119,12 @@ type Options struct {
 	// ExecGrace is how long an exited exec's unread output is kept after
 	// WaitProcess (default 5 s).
 	ExecGrace time.Duration
+	// TrustedStore, when set, moves the image layer store onto the block
+	// device major:minor as an encrypted volume with an ephemeral key
+	// (Kata's /dev/trusted_store: the host offers a disk so that large
+	// images do not fill the guest's RAM; the guest encrypts it). Without
+	// it, a /dev/trusted_store device is refused.
+	TrustedStore func(ctx context.Context, major, minor uint32) error
 	// ExtraMetrics, when set, appends Prometheus text of other rooms (the
 	// image puller) to GetMetrics.
 	ExtraMetrics func(w io.Writer)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -70,7 +71,11 @@ func (a *Agent) createContainer(ctx context.Context, r *pb.CreateContainerReques
 		return err
 	}
 
-	// Storages first: the rootfs may be one of them.
+	// The trusted image store first: pulls must land on it.
+	if err := a.addDevices(ctx, sb, r.Devices, spec, true); err != nil {
+		return err
+	}
+	// Storages next: the rootfs may be one of them.
 	var mounted []string
 	defer func() {
 		if retErr != nil {
@@ -89,7 +94,7 @@ func (a *Agent) createContainer(ctx context.Context, r *pb.CreateContainerReques
 		}
 		mounted = append(mounted, mp)
 	}
-	if err := a.addDevices(ctx, r.Devices, spec); err != nil {
+	if err := a.addDevices(ctx, sb, r.Devices, spec, false); err != nil {
 		return err
 	}
 
@@ -226,8 +231,18 @@ func (a *Agent) setCgroupsPath(sb *sandbox, id string, s *specs.Spec) error {
 
 // addDevices resolves hot-plugged block devices and points the spec's
 // matching device entries at them.
-func (a *Agent) addDevices(ctx context.Context, devs []*pb.Device, s *specs.Spec) error {
+// TrustedStoreDevice is the container path by which Kata's runtime offers
+// the encrypted image store device.
+const TrustedStoreDevice = "/dev/trusted_store"
+
+// addDevices resolves the request's devices and points the spec's device
+// entries at them; with trustedOnly it handles only the trusted image store
+// device (which must be in place before any storage pulls an image).
+func (a *Agent) addDevices(ctx context.Context, sb *sandbox, devs []*pb.Device, s *specs.Spec, trustedOnly bool) error {
 	for i, d := range devs {
+		if trustedOnly && (d == nil || d.ContainerPath != TrustedStoreDevice) {
+			continue
+		}
 		field := fmt.Sprintf("devices[%d]", i)
 		if d == nil {
 			return invalid(field, "is null")
@@ -251,6 +266,14 @@ func (a *Agent) addDevices(ctx context.Context, devs []*pb.Device, s *specs.Spec
 		var st unix.Stat_t
 		if err := unix.Stat(node, &st); err != nil {
 			return fmt.Errorf("%s: stat %s: %w", field, node, err)
+		}
+		if d.ContainerPath == TrustedStoreDevice {
+			if err := a.trustedStore(ctx, sb, field, uint32(unix.Major(st.Rdev)), uint32(unix.Minor(st.Rdev))); err != nil {
+				return err
+			}
+			// The raw (encrypted) disk is the guest's, not the container's.
+			s.Linux.Devices = slices.DeleteFunc(s.Linux.Devices, func(dv specs.LinuxDevice) bool { return dv.Path == TrustedStoreDevice })
+			continue
 		}
 		found := false
 		for j := range s.Linux.Devices {
@@ -288,5 +311,24 @@ func (a *Agent) removeContainer(ctx context.Context, r *pb.RemoveContainerReques
 			return fmt.Errorf("unmount storage of %s: %w", r.ContainerId, err)
 		}
 	}
+	return nil
+}
+
+// trustedStore moves the image store onto the trusted device once per
+// sandbox (Kata offers it with every container that needs it).
+func (a *Agent) trustedStore(ctx context.Context, sb *sandbox, field string, major, minor uint32) error {
+	if a.opts.TrustedStore == nil {
+		return fmt.Errorf("%s: %s needs the secure mount of the confidential data hub: %w", field, TrustedStoreDevice, errdefs.ErrNotImplemented)
+	}
+	sb.trustedStore.Lock()
+	defer sb.trustedStore.Unlock()
+	if sb.trustedDone {
+		return nil
+	}
+	if err := a.opts.TrustedStore(ctx, major, minor); err != nil {
+		return fmt.Errorf("%s: image store on %s (%d:%d): %w", field, TrustedStoreDevice, major, minor, err)
+	}
+	sb.trustedDone = true
+	a.log.InfoContext(ctx, "image store moved onto the trusted device", "device", fmt.Sprintf("%d:%d", major, minor))
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"sync"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -29,6 +30,9 @@ type sandbox struct {
 
 	storages   []string            // sandbox storage mount points
 	ctrStorage map[string][]string // container id -> its storage mount points
+
+	trustedStore sync.Mutex // held while the trusted image store is set up
+	trustedDone  bool       // the image store sits on the trusted device
 }
 
 // sharedNS holds the sandbox's IPC and UTS namespaces open by file

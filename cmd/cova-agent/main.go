@@ -325,7 +325,7 @@ func run(start time.Time) error {
 			return measure(ctx, agent.MeasurementDomain, op, content)
 		},
 		map[string]mount.Driver{guestpull.DriverName: pullDriver}, secure, unseal,
-		func(w io.Writer) { m := puller.Metrics(); m.WritePrometheus(w) })
+		func(w io.Writer) { m := puller.Metrics(); m.WritePrometheus(w) }, trustedStore(puller, secure))
 	if err != nil {
 		return err
 	}
@@ -421,7 +421,8 @@ func run(start time.Time) error {
 // buildAgent wires the rooms; base carries no component attribute, each room
 // adds its own.
 func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRoot string, ready func(context.Context) error, gate agent.Gate, measure func(context.Context, string, string) error, drivers map[string]mount.Driver, secure mount.SecureMounter,
-	unseal func(context.Context, string) ([]byte, error), extraMetrics func(io.Writer)) (*agent.Agent, error) {
+	unseal func(context.Context, string) ([]byte, error), extraMetrics func(io.Writer),
+	trusted func(context.Context, uint32, uint32) error) (*agent.Agent, error) {
 	log := base.With("component", "agent")
 	cm, err := container.New(container.Options{
 		StateRoot:   filepath.Join(stateRoot, "containers"),
@@ -462,6 +463,7 @@ func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRo
 		Unseal:     unseal,
 
 		ExtraMetrics: extraMetrics,
+		TrustedStore: trusted,
 	}
 	if vm {
 		o.Network = network.New(nil, base.With("component", "network"))

@@ -33,3 +33,16 @@ func newSecureMount(base *slog.Logger, resources imagepull.ResourceGetter, unsea
 	}
 	return svc, nil
 }
+
+// trustedStore moves the puller's layer store onto the trusted device (Kata's
+// /dev/trusted_store) as an ephemeral dm-crypt volume: the same volume type
+// the blk driver makes for encryption_key=ephemeral, mounted at the store's
+// root while the store is still empty.
+func trustedStore(p *imagepull.Puller, secure *securemount.Service) func(ctx context.Context, major, minor uint32) error {
+	return func(ctx context.Context, major, minor uint32) error {
+		return p.Store().Remount(func(root string) error {
+			_, err := secure.SecureMount(ctx, "block-device", securemount.EphemeralOptions(fmt.Sprintf("%d:%d", major, minor), false), nil, root)
+			return err
+		})
+	}
+}

@@ -57,10 +57,8 @@ func Open(root string, log *slog.Logger) (*Store, error) {
 		// These would corrupt overlay mount options.
 		return nil, fmt.Errorf("store work dir %q: must not contain ',', ':', '\\' or newlines: %w", root, errdefs.ErrInvalidArgument)
 	}
-	for _, d := range []string{root, filepath.Join(root, "layers", oci.SHA256), filepath.Join(root, "layers", oci.SHA512), filepath.Join(root, "staging"), filepath.Join(root, "containers")} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, fmt.Errorf("creating store dir: %w", err)
-		}
+	if err := makeDirs(root); err != nil {
+		return nil, err
 	}
 	s := &Store{root: root, log: log, layers: map[oci.Digest]*entry{}}
 	stale, _ := os.ReadDir(filepath.Join(root, "staging"))
@@ -249,4 +247,35 @@ func (s *Store) GC() (int, error) {
 		}
 	}
 	return len(trash), errors.Join(errs...)
+}
+
+// makeDirs creates the store's directory layout under root.
+func makeDirs(root string) error {
+	for _, d := range []string{root, filepath.Join(root, "layers", oci.SHA256), filepath.Join(root, "layers", oci.SHA512), filepath.Join(root, "staging"), filepath.Join(root, "containers")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("creating store dir: %w", err)
+		}
+	}
+	return nil
+}
+
+// Remount puts a file system over the store's root (mount mounts it, e.g. an
+// encrypted block device) and recreates the layout on it. Only an empty
+// store (no layer, no rootfs, nothing in flight) may move: anything already
+// there would be hidden under the mount. Pulls wait while it runs.
+func (s *Store) Remount(mount func(root string) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.layers) > 0 {
+		return fmt.Errorf("store %s: %d layers already stored; it can move to another device only while empty: %w", s.root, len(s.layers), errdefs.ErrFailedPrecondition)
+	}
+	for _, sub := range []string{"containers", "staging"} {
+		if ents, err := os.ReadDir(filepath.Join(s.root, sub)); err != nil || len(ents) > 0 {
+			return fmt.Errorf("store %s: %s is in use; it can move to another device only while empty: %w", s.root, sub, errdefs.ErrFailedPrecondition)
+		}
+	}
+	if err := mount(s.root); err != nil {
+		return err
+	}
+	return makeDirs(s.root)
 }

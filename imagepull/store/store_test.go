@@ -183,3 +183,41 @@ func TestPrepareRootfs(t *testing.T) {
 		t.Fatal("upper dir left")
 	}
 }
+
+// TestRemount: an empty store moves onto another file system (simulated by
+// a mount function that empties the root, as a fresh mount would look) and
+// gets its layout back; a store holding a layer refuses and never calls
+// the mount function.
+func TestRemount(t *testing.T) {
+	root := t.TempDir()
+	s, err := Open(root, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	called := 0
+	fresh := func(dir string) error {
+		called++
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := s.Remount(fresh); err != nil || called != 1 {
+		t.Fatalf("Remount of an empty store: %v (mount called %d times)", err, called)
+	}
+	for _, sub := range []string{"layers/sha256", "layers/sha512", "staging", "containers"} {
+		if fi, err := os.Stat(filepath.Join(root, sub)); err != nil || !fi.IsDir() {
+			t.Fatalf("%s after Remount: %v", sub, err)
+		}
+	}
+	d := oci.FromBytes([]byte("layer"))
+	if _, _, err := s.Acquire(context.Background(), d, func(ctx context.Context, dir string) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Remount(fresh); !errdefs.IsFailedPrecondition(err) || called != 1 {
+		t.Fatalf("Remount of a store with a layer: %v (mount called %d times)", err, called)
+	}
+}
