@@ -237,6 +237,10 @@ func TestRedactUserinfo(t *testing.T) {
 		"http://h/path?q=a@b":   "http://h/path?q=a@b",
 		"no url at all":         "no url at all",
 		"http://user:pass@host": "http://REDACTED@host",
+		// Found by FuzzParseFile: no "://", the password leaked.
+		"//user:s3cretpw@proxy:3128":  "REDACTED@proxy:3128",
+		"http:/user:s3cretpw@proxy:1": "REDACTED@proxy:1",
+		"//:0000@":                    "REDACTED@",
 	}
 	for in, want := range tests {
 		t.Run(in, func(t *testing.T) {

@@ -116,10 +116,17 @@ func quoteValue(s string) string {
 // redactUserinfo hides the user:password part of a URL-like string, even one
 // that does not parse, before it goes into a message.
 func redactUserinfo(s string) string {
-	prefix, rest := "", s
-	if i := strings.Index(s, "://"); i >= 0 {
-		prefix, rest = s[:i+3], s[i+3:]
+	i := strings.Index(s, "://")
+	if i < 0 {
+		// No "scheme://": the authority cannot be located reliably
+		// ("//user:pw@host", "http:/user:pw@host"), so everything up to the
+		// last '@' may be credentials.
+		if at := strings.LastIndex(s, "@"); at >= 0 {
+			return "REDACTED@" + s[at+1:]
+		}
+		return s
 	}
+	prefix, rest := s[:i+3], s[i+3:]
 	end := strings.IndexAny(rest, "/?#")
 	if end < 0 {
 		end = len(rest)

@@ -477,6 +477,11 @@ func (c *compiled) applyOps(ops []patchOp) error {
 	if err != nil {
 		return err
 	}
+	if _, ok := next["pstate"].(map[string]any); !ok {
+		// Rules read data.pstate as an object; a patch that made it
+		// anything else would silently turn every stateful rule undefined.
+		return errors.New("the patch makes data.pstate a non-object")
+	}
 	ctx := context.Background()
 	txn, err := c.store.NewTransaction(ctx, storage.WriteParams)
 	if err != nil {

@@ -468,3 +468,19 @@ PulledImage if {
 		t.Fatalf("failing rule: %v", err)
 	}
 }
+
+// TestStatePatchKeepsPstateAnObject: a decision whose patch would make
+// data.pstate a non-object fails (INTERNAL) and leaves the state as it was.
+func TestStatePatchKeepsPstateAnObject(t *testing.T) {
+	pol := AllowAllPolicy() + `
+RemoveContainerRequest := {"allowed": true, "ops": [{"op": "add", "path": "/pstate", "value": 9}]} if input.container_id == "evil"
+`
+	pol = strings.Replace(pol, "default RemoveContainerRequest := true\n", "", 1)
+	e := mustEngine(t, pol, Options{})
+	if err := e.Allow(context.Background(), "RemoveContainer", &pb.RemoveContainerRequest{ContainerId: "evil"}); err == nil || errdefs.IsPermissionDenied(err) {
+		t.Fatalf("a patch replacing pstate with a number: %v; want INTERNAL", err)
+	}
+	if st := e.State(); st == nil {
+		t.Fatal("the state is gone")
+	}
+}

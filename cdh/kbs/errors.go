@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/containerd/errdefs"
 )
@@ -111,7 +112,11 @@ func sanitize(s string) string {
 		return ' '
 	}, s)
 	if len(s) > maxDetail {
-		s = s[:maxDetail] + "…"
+		cut := maxDetail
+		for cut > 0 && !utf8.RuneStart(s[cut]) { // never split a character
+			cut--
+		}
+		s = s[:cut] + "…"
 	}
 	return s
 }
