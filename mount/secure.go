@@ -52,7 +52,8 @@ const (
 
 // EphemeralSecureOptions are the SecureMount options for an ephemeral
 // encrypted volume on the block device deviceID ("MAJ:MIN"): a fresh key,
-// a fresh ext4, no dm-integrity.
+// a fresh ext4, no dm-integrity (setupEncrypted sets dataIntegrity from
+// WithSecureStorageIntegrity).
 func EphemeralSecureOptions(deviceID string) map[string]string {
 	return map[string]string{
 		"deviceId":       deviceID,
@@ -63,6 +64,36 @@ func EphemeralSecureOptions(deviceID string) map[string]string {
 		"mkfsOpts":       EphemeralMkfsOpts,
 		"dataIntegrity":  "false",
 	}
+}
+
+// WithSecureStorageIntegrity returns sm set to ask for dm-integrity
+// (dataIntegrity=true: an authenticated dm-crypt volume over dm-integrity)
+// on the ephemeral encrypted volumes of blk and scsi storages when
+// integrity is true, as kata-agent does when agent.secure_storage_integrity
+// is set; give it to Options.SecureMounter. The choice comes from the
+// agent's configuration, never from the storage request. A nil sm stays
+// nil.
+func WithSecureStorageIntegrity(sm SecureMounter, integrity bool) SecureMounter {
+	if sm == nil {
+		return nil
+	}
+	if w, ok := sm.(integritySecureMounter); ok {
+		sm = w.SecureMounter
+	}
+	return integritySecureMounter{SecureMounter: sm, integrity: integrity}
+}
+
+// integritySecureMounter carries the secure_storage_integrity choice.
+type integritySecureMounter struct {
+	SecureMounter
+	integrity bool
+}
+
+// secureStorageIntegrity reports whether ephemeral volumes get
+// dm-integrity.
+func (m *Manager) secureStorageIntegrity() bool {
+	w, ok := m.secure.(integritySecureMounter)
+	return ok && w.integrity
 }
 
 // Kata's dm-verity storage options (kata-agent: the erofs and block
@@ -264,11 +295,14 @@ func (m *Manager) setupEncrypted(ctx context.Context, id string, s Storage, pl p
 	if err := unix.Lstat(pl.abs, &got); err != nil || got.Dev != want.Dev || got.Ino != want.Ino {
 		return nil, fmt.Errorf("mount_point: %s does not resolve to the directory made for it (a symlink on the way?): %w", pl.abs, errdefs.ErrInvalidArgument)
 	}
-	if _, err := m.secure.SecureMount(ctx, secureVolumeType, EphemeralSecureOptions(devID), nil, pl.abs); err != nil {
+	opts := EphemeralSecureOptions(devID)
+	integrity := m.secureStorageIntegrity()
+	opts["dataIntegrity"] = strconv.FormatBool(integrity)
+	if _, err := m.secure.SecureMount(ctx, secureVolumeType, opts, nil, pl.abs); err != nil {
 		m.removeEmptyDir(pl)
 		return nil, fmt.Errorf("encrypted volume on %s (%s): %w", dev, devID, err)
 	}
-	m.log.InfoContext(ctx, "ephemeral encrypted volume mounted", "id", id, "device", dev, "mount_point", pl.abs)
+	m.log.InfoContext(ctx, "ephemeral encrypted volume mounted", "id", id, "device", dev, "mount_point", pl.abs, "integrity", integrity)
 	teardown := func(ctx context.Context) error {
 		if err := m.secure.Unmount(ctx, pl.abs); err != nil {
 			return err

@@ -314,3 +314,27 @@ func TestCreateFilesystem(t *testing.T) {
 		t.Fatalf("mounted after a failed mkfs: %d mounts", n)
 	}
 }
+
+// TestSecureStorageIntegrity: agent.secure_storage_integrity reaches the
+// SecureMount options of ephemeral volumes; a nil mounter stays nil.
+func TestSecureStorageIntegrity(t *testing.T) {
+	if WithSecureStorageIntegrity(nil, true) != nil {
+		t.Fatal("a nil SecureMounter became non-nil")
+	}
+	for _, on := range []bool{true, false} {
+		sec := &fakeSecure{}
+		e := blockEnv(t, func(o *Options) { o.SecureMounter = WithSecureStorageIntegrity(sec, on) })
+		s := Storage{Driver: DriverBlk, Source: "02/03", Fstype: "ext4", MountPoint: e.p("sandbox/storage/vol"), Options: []string{"rw"},
+			DriverOptions: []string{DriverOptionEphemeralEncryption}}
+		if _, err := e.m.Add(context.Background(), "c1", s); err != nil {
+			t.Fatal(err)
+		}
+		want := "false"
+		if on {
+			want = "true"
+		}
+		if len(sec.calls) != 1 || sec.calls[0].options["dataIntegrity"] != want {
+			t.Fatalf("integrity %v: SecureMount calls %+v, want dataIntegrity=%s", on, sec.calls, want)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -35,19 +36,68 @@ type fakeMapper struct {
 	removes   []string
 	createErr error
 	devDir    string
+	// failCreate fails the create of that name only.
+	failCreate string
+	// status is the status line of any device (an integrity target's by
+	// default); statusErr fails Status.
+	status    string
+	statusErr error
+	statuses  []string
+	events    []string // create:<name>, status:<name>, remove:<name>
+	// removeErrs are returned by the next removals, in order.
+	removeErrs []error
 }
 
 func (m *fakeMapper) CreateDevice(_ context.Context, name, uuid string, targets []dm.Target, ro bool) (string, error) {
 	m.creates = append(m.creates, createCall{name, uuid, targets, ro})
+	m.events = append(m.events, "create:"+name)
 	if m.createErr != nil {
 		return "", m.createErr
+	}
+	if m.failCreate == name {
+		return "", fmt.Errorf("device-mapper table load %q: %w", name, unix.EINVAL)
 	}
 	return filepath.Join(m.devDir, "mapper", name), nil
 }
 
 func (m *fakeMapper) RemoveDevice(_ context.Context, name string) error {
 	m.removes = append(m.removes, name)
+	m.events = append(m.events, "remove:"+name)
+	if len(m.removeErrs) > 0 {
+		err := m.removeErrs[0]
+		m.removeErrs = m.removeErrs[1:]
+		return err
+	}
 	return nil
+}
+
+func (m *fakeMapper) Status(_ context.Context, name string) (dm.DeviceInfo, []dm.TargetStatus, error) {
+	m.statuses = append(m.statuses, name)
+	m.events = append(m.events, "status:"+name)
+	if m.statusErr != nil {
+		return dm.DeviceInfo{}, nil, m.statusErr
+	}
+	st := m.status
+	if st == "" {
+		st = "0 2000003 -"
+	}
+	return dm.DeviceInfo{Name: name}, []dm.TargetStatus{{Start: 0, Length: 8, Type: "integrity", Params: st}}, nil
+}
+
+// plainMapper has no Status.
+type plainMapper struct{ m fakeMapper }
+
+func (p *plainMapper) CreateDevice(ctx context.Context, name, uuid string, targets []dm.Target, ro bool) (string, error) {
+	return p.m.CreateDevice(ctx, name, uuid, targets, ro)
+}
+
+func (p *plainMapper) RemoveDevice(ctx context.Context, name string) error {
+	return p.m.RemoveDevice(ctx, name)
+}
+
+type zeroCall struct {
+	path           string
+	offset, length int64
 }
 
 type fakeKeys struct {
@@ -92,6 +142,9 @@ type env struct {
 	mounts   []mountCall
 	unmounts []string
 	mountErr error
+	zeros    []zeroCall
+	zeroErr  error
+	zeroFail string // fail zeroing this path only
 	logs     bytes.Buffer
 	sys, dir string
 	devs     map[string][2]uint32
@@ -124,6 +177,13 @@ func newEnv(t *testing.T) *env {
 				return 0, 0, fmt.Errorf("stat %s: %w", p, os.ErrNotExist)
 			}
 			return d[0], d[1], nil
+		},
+		Zero: func(_ context.Context, path string, offset, length int64) error {
+			e.zeros = append(e.zeros, zeroCall{path, offset, length})
+			if path == e.zeroFail {
+				return e.zeroErr
+			}
+			return nil
 		},
 		SysDir: e.sys,
 		DevDir: filepath.Join(e.dir, "dev"),
@@ -295,7 +355,8 @@ func TestOptionErrors(t *testing.T) {
 		{"relative key file", "", with(OptKey, "file://key"), nil, "", OptKey, errdefs.ErrInvalidArgument},
 		{"encrypted without key", "", with(OptSourceType, SourceEncrypted), nil, "", OptKey, errdefs.ErrInvalidArgument},
 		{"bad integrity", "", with(OptDataIntegrity, "yes"), nil, "", OptDataIntegrity, errdefs.ErrInvalidArgument},
-		{"integrity", "", with(OptDataIntegrity, "true"), nil, "", OptDataIntegrity, errdefs.ErrNotImplemented},
+		{"integrity on encrypted", "", with(OptSourceType, SourceEncrypted, OptKey, "file:///k", OptDataIntegrity, "true"), nil, "", OptDataIntegrity, errdefs.ErrNotImplemented},
+		{"integrity mapper name", "", with(OptDataIntegrity, "true", OptMapperName, strings.Repeat("m", 125)), nil, "", OptMapperName, errdefs.ErrInvalidArgument},
 		{"bad mapper name", "", with(OptMapperName, "a/b"), nil, "", OptMapperName, errdefs.ErrInvalidArgument},
 		{"no target type", "", with(OptTargetType, "<del>"), nil, "", OptTargetType, errdefs.ErrInvalidArgument},
 		{"bad target type", "", with(OptTargetType, "filesystem"), nil, "", OptTargetType, errdefs.ErrInvalidArgument},
@@ -441,6 +502,194 @@ func TestFailuresCleanUp(t *testing.T) {
 			t.Fatalf("error %v creates %v", err, e.mapper.creates)
 		}
 	})
+}
+
+// TestEphemeralIntegrity checks the whole dm-integrity + authenticated
+// dm-crypt sequence and its tables.
+func TestEphemeralIntegrity(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, err := e.svc.SecureMount(ctx, VolumeBlockDevice, EphemeralOptions("254:1", true), nil, e.mp()); err != nil {
+		t.Fatal(err)
+	}
+	name := "cova-sm-0001020304050607"
+	lower := name + "_dif"
+	mapperDir := filepath.Join(e.dir, "dev", "mapper")
+	wantEvents := []string{"create:" + lower, "status:" + lower, "remove:" + lower, "create:" + lower, "create:" + name}
+	if strings.Join(e.mapper.events, " ") != strings.Join(wantEvents, " ") {
+		t.Fatalf("dm calls %v\nwant      %v", e.mapper.events, wantEvents)
+	}
+	c := e.mapper.creates
+	// The probe: one 4096-byte block, which makes the kernel format the
+	// superblock; then the size the status reported (2000003 sectors,
+	// rounded down to whole blocks).
+	if got := c[0].targets[0].String(); got != "0 8 integrity 254:1 0 48 D 1 block_size:4096" || c[0].uuid != "" {
+		t.Fatalf("probe table %q uuid %q", got, c[0].uuid)
+	}
+	if got := c[1].targets[0].String(); got != "0 2000000 integrity 254:1 0 48 D 1 block_size:4096" {
+		t.Fatalf("integrity table %q", got)
+	}
+	// Rand: 8 name bytes 00..07, then the 96-byte key 08..103 (XTS, HMAC).
+	var vk []byte
+	for i := 8; i < 8+96; i++ {
+		vk = append(vk, byte(i))
+	}
+	ct := c[2].targets[0]
+	wantCrypt := fmt.Sprintf("capi:authenc(hmac(sha256),xts(aes))-random %x 0 %s 0 2 integrity:48:aead sector_size:4096", vk, filepath.Join(mapperDir, lower))
+	if ct.Type != "crypt" || ct.Params != wantCrypt || ct.Length != 2000000 || !ct.Secret || c[2].uuid != "CRYPT-INTEGRITY-"+name {
+		t.Fatalf("crypt %d %s %q secret %v uuid %q\nwant %q", ct.Length, ct.Type, ct.Params, ct.Secret, c[2].uuid, wantCrypt)
+	}
+	// Superblock area of the raw disk first, then the whole crypt device.
+	wantZeros := []zeroCall{{filepath.Join(e.dir, "dev", "vdb"), 0, 4096}, {filepath.Join(mapperDir, name), 0, 2000000 * 512}}
+	if fmt.Sprint(e.zeros) != fmt.Sprint(wantZeros) {
+		t.Fatalf("zeroed %v, want %v", e.zeros, wantZeros)
+	}
+	if len(e.runs) != 1 || e.runs[0][len(e.runs[0])-1] != filepath.Join(mapperDir, name) || len(e.mounts) != 1 || e.mounts[0].source != filepath.Join(mapperDir, name) {
+		t.Fatalf("runs %v mounts %v", e.runs, e.mounts)
+	}
+	e.noLeak(nil, []byte(hex.EncodeToString(vk)), []byte(hex.EncodeToString(vk[64:])))
+	if !strings.Contains(e.logs.String(), "dm-integrity device active") {
+		t.Errorf("no dm-integrity log line:\n%s", e.logs.String())
+	}
+
+	if err := e.svc.Unmount(ctx, e.mp()); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.mapper.events[len(wantEvents):]; strings.Join(got, " ") != "remove:"+name+" remove:"+lower {
+		t.Fatalf("unmount removed %v, want the crypt device, then the integrity device", got)
+	}
+}
+
+func TestUnmountRetriesBusyDevice(t *testing.T) {
+	busy := fmt.Errorf("device-mapper remove: %w", unix.EBUSY)
+	tests := []struct {
+		name    string
+		errs    []error
+		wantErr error
+		removes int
+	}{
+		{"busy twice", []error{busy, busy}, nil, 3},
+		{"always busy", []error{busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy}, unix.EBUSY, removeAttempts},
+		{"other error", []error{fmt.Errorf("device-mapper remove: %w", unix.EPERM)}, unix.EPERM, 1},
+		{"gone", []error{fmt.Errorf("device-mapper remove: %w", errdefs.ErrNotFound)}, nil, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.svc.backoff = time.Millisecond
+			ctx := context.Background()
+			if _, err := e.svc.SecureMount(ctx, VolumeBlockDevice, base(), nil, e.mp()); err != nil {
+				t.Fatal(err)
+			}
+			e.mapper.removeErrs = tc.errs
+			err := e.svc.Unmount(ctx, e.mp())
+			if tc.wantErr == nil && err != nil || tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Fatalf("Unmount: %v, want %v", err, tc.wantErr)
+			}
+			if len(e.mapper.removes) != tc.removes {
+				t.Fatalf("%d removals, want %d", len(e.mapper.removes), tc.removes)
+			}
+		})
+	}
+	t.Run("cancelled", func(t *testing.T) {
+		e := newEnv(t)
+		if _, err := e.svc.SecureMount(context.Background(), VolumeBlockDevice, base(), nil, e.mp()); err != nil {
+			t.Fatal(err)
+		}
+		e.mapper.removeErrs = []error{busy, busy}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := e.svc.Unmount(ctx, e.mp()); !errors.Is(err, unix.EBUSY) || !errors.Is(err, context.Canceled) || len(e.mapper.removes) != 1 {
+			t.Fatalf("Unmount: %v after %d removals; want busy and cancelled after 1", err, len(e.mapper.removes))
+		}
+	})
+}
+
+func TestEphemeralIntegrityFailures(t *testing.T) {
+	name := "cova-sm-0001020304050607"
+	lower := name + "_dif"
+	tests := []struct {
+		name        string
+		setup       func(e *env)
+		class       error
+		want        string
+		wantRemoves []string
+	}{
+		{"superblock not cleared", func(e *env) {
+			e.zeroFail, e.zeroErr = filepath.Join(e.dir, "dev", "vdb"), unix.EIO
+		}, unix.EIO, "superblock", nil},
+		{"status fails", func(e *env) { e.mapper.statusErr = fmt.Errorf("device-mapper table status: %w", errdefs.ErrNotFound) }, errdefs.ErrNotFound, "sizing", []string{lower}},
+		{"odd status", func(e *env) { e.mapper.status = "0 lots -" }, errdefs.ErrInvalidArgument, "provided sectors", []string{lower}},
+		{"provides nothing", func(e *env) { e.mapper.status = "0 7 -" }, errdefs.ErrInvalidArgument, "provides 7 sectors", []string{lower}},
+		{"provides more than the disk", func(e *env) { e.mapper.status = "0 4000000 -" }, errdefs.ErrInvalidArgument, "provides", []string{lower}},
+		{"crypt load fails", func(e *env) { e.mapper.failCreate = name }, unix.EINVAL, "dm-crypt", []string{lower, lower}},
+		{"tag wipe fails", func(e *env) {
+			e.zeroFail, e.zeroErr = filepath.Join(e.dir, "dev", "mapper", name), unix.ENOSPC
+		}, unix.ENOSPC, "integrity tags", []string{lower, name, lower}},
+		{"mkfs fails", func(e *env) { e.runErr = errors.New("exit status 1") }, nil, "mke2fs", []string{lower, name, lower}},
+		{"tiny device", func(e *env) { e.addBlock(254, 1, "vdb", 2047) }, errdefs.ErrInvalidArgument, "1 MiB", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			tc.setup(e)
+			_, err := e.svc.SecureMount(context.Background(), VolumeBlockDevice, EphemeralOptions("254:1", true), nil, e.mp())
+			if err == nil || !strings.Contains(err.Error(), tc.want) || tc.class != nil && !errors.Is(err, tc.class) {
+				t.Fatalf("error %v, want %v naming %q", err, tc.class, tc.want)
+			}
+			if fmt.Sprint(e.mapper.removes) != fmt.Sprint(tc.wantRemoves) {
+				t.Fatalf("removed %v, want %v (events %v)", e.mapper.removes, tc.wantRemoves, e.mapper.events)
+			}
+			if len(e.mounts) != 0 {
+				t.Fatalf("mounted %v", e.mounts)
+			}
+			e.noLeak(err)
+		})
+	}
+	t.Run("mapper without status", func(t *testing.T) {
+		m := &plainMapper{}
+		svc, err := New(Config{Mapper: m, SysDir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = svc.SecureMount(context.Background(), VolumeBlockDevice, EphemeralOptions("254:1", true), nil, "/run/x")
+		if !errors.Is(err, errdefs.ErrNotImplemented) || !strings.Contains(err.Error(), OptDataIntegrity) || len(m.m.creates) != 0 {
+			t.Fatalf("error %v creates %v", err, m.m.creates)
+		}
+	})
+}
+
+func TestZeroDevice(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "disk")
+	orig := bytes.Repeat([]byte{0xa5}, 3*4096)
+	if err := os.WriteFile(p, orig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A regular file has no BLKZEROOUT: the fallback writes zeros.
+	if err := zeroDevice(context.Background(), p, 4096, 4096); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append(append(bytes.Repeat([]byte{0xa5}, 4096), make([]byte, 4096)...), bytes.Repeat([]byte{0xa5}, 4096)...)
+	if !bytes.Equal(got, want) {
+		t.Fatal("zeroDevice did not zero exactly the second block")
+	}
+	for _, bad := range [][2]int64{{1, 512}, {0, 100}, {-512, 512}} {
+		if err := zeroDevice(context.Background(), p, bad[0], bad[1]); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("range %v: %v, want invalid argument", bad, err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := zeroDevice(ctx, p, 0, 4096); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: %v", err)
+	}
+	if err := zeroDevice(context.Background(), filepath.Join(t.TempDir(), "none"), 0, 512); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
+	}
 }
 
 // TestEncryptedSource opens a LUKS2 image made by luks2.Format the way a

@@ -325,7 +325,7 @@ func run(start time.Time) error {
 			return measure(ctx, agent.MeasurementDomain, op, content)
 		},
 		map[string]mount.Driver{guestpull.DriverName: pullDriver}, secure, unseal,
-		func(w io.Writer) { m := puller.Metrics(); m.WritePrometheus(w) }, trustedStore(puller, secure))
+		func(w io.Writer) { m := puller.Metrics(); m.WritePrometheus(w) }, trustedStore(puller, secure, cfg.SecureStorageIntegrity))
 	if err != nil {
 		return err
 	}
@@ -437,7 +437,7 @@ func buildAgent(base *slog.Logger, cfg config.Config, vm bool, stateRoot, kataRo
 		HotplugTimeout: cfg.HotplugTimeout,
 		AllowedRoots:   []string{kataRoot},
 		Drivers:        drivers,
-		SecureMounter:  secure,
+		SecureMounter:  mount.WithSecureStorageIntegrity(secure, cfg.SecureStorageIntegrity),
 	})
 	if err != nil {
 		return nil, err

@@ -35,13 +35,14 @@ func newSecureMount(base *slog.Logger, resources imagepull.ResourceGetter, unsea
 }
 
 // trustedStore moves the puller's layer store onto the trusted device (Kata's
-// /dev/trusted_store) as an ephemeral dm-crypt volume: the same volume type
-// the blk driver makes for encryption_key=ephemeral, mounted at the store's
-// root while the store is still empty.
-func trustedStore(p *imagepull.Puller, secure *securemount.Service) func(ctx context.Context, major, minor uint32) error {
+// /dev/trusted_store) as an ephemeral dm-crypt volume (with dm-integrity
+// when agent.secure_storage_integrity, kata's default, is on): the same
+// volume type the blk driver makes for encryption_key=ephemeral, mounted at
+// the store's root while the store is still empty.
+func trustedStore(p *imagepull.Puller, secure *securemount.Service, integrity bool) func(ctx context.Context, major, minor uint32) error {
 	return func(ctx context.Context, major, minor uint32) error {
 		return p.Store().Remount(func(root string) error {
-			_, err := secure.SecureMount(ctx, "block-device", securemount.EphemeralOptions(fmt.Sprintf("%d:%d", major, minor), false), nil, root)
+			_, err := secure.SecureMount(ctx, "block-device", securemount.EphemeralOptions(fmt.Sprintf("%d:%d", major, minor), integrity), nil, root)
 			return err
 		})
 	}

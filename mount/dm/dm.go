@@ -2,8 +2,9 @@
 // queries and removes mapped devices through ioctls on /dev/mapper/control,
 // the way libdevmapper does, without cgo or udev. The guest has no udev, so
 // the client makes the /dev/mapper/<name> node itself. Target builders turn
-// rootfs/verity parameters into a verity target and a key into a crypt
-// target; parameters that hold key material are never logged or put into
+// rootfs/verity parameters into a verity target, a key into a crypt
+// target (optionally authenticated, over an integrity target that keeps its
+// tags); parameters that hold key material are never logged or put into
 // errors and are loaded with DM_SECURE_DATA_FLAG so the kernel wipes its
 // copies.
 package dm

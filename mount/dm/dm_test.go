@@ -506,6 +506,10 @@ func TestCryptTarget(t *testing.T) {
 			"0 8 crypt aes-xts-plain64 :64:logon:cova:vol1 0 /dev/vdb 0", false},
 		{"other cipher", CryptParams{Cipher: "aes-cbc-essiv:sha256", Key: key[:16], Device: "/dev/vdb", Length: 8},
 			"0 8 crypt aes-cbc-essiv:sha256 " + hexKey[:32] + " 0 /dev/vdb 0", true},
+		// What cryptsetup loads for luksFormat --integrity hmac-sha256
+		// --sector-size 4096 (key: 64 bytes XTS, then 32 bytes HMAC).
+		{"authenticated", CryptParams{Cipher: AuthencHMACSHA256XTS, Key: append(append([]byte(nil), key...), key[:32]...), Device: "/dev/mapper/v_dif", Length: 4096, SectorSize: 4096, IntegrityTagSize: HMACSHA256TagSize + RandomIVSize, IntegrityType: "aead"},
+			"0 4096 crypt capi:authenc(hmac(sha256),xts(aes))-random " + hexKey + hexKey[:64] + " 0 /dev/mapper/v_dif 0 2 integrity:48:aead sector_size:4096", true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -537,6 +541,8 @@ func TestCryptTarget(t *testing.T) {
 		{"length", CryptParams{Key: key, Device: "/dev/vdb"}, "length"},
 		{"sector size", CryptParams{Key: key, Device: "/dev/vdb", Length: 8, SectorSize: 1000}, "sector size"},
 		{"sector multiple", CryptParams{Key: key, Device: "/dev/vdb", Length: 12, SectorSize: 4096}, "sector size"},
+		{"integrity type", CryptParams{Cipher: AuthencHMACSHA256XTS, Key: key, Device: "/dev/vdb", Length: 8, IntegrityTagSize: 32, IntegrityType: "hmac"}, "integrity type"},
+		{"integrity size", CryptParams{Cipher: AuthencHMACSHA256XTS, Key: key, Device: "/dev/vdb", Length: 8, IntegrityType: "aead"}, "integrity tag size"},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
@@ -546,6 +552,83 @@ func TestCryptTarget(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), hexKey[:16]) {
 				t.Fatalf("error shows the key: %v", err)
+			}
+		})
+	}
+}
+
+func TestIntegrityTarget(t *testing.T) {
+	tests := []struct {
+		name string
+		p    IntegrityParams
+		want string
+	}{
+		{"defaults", IntegrityParams{Device: "/dev/vdb", Length: 1000, TagSize: 48},
+			"0 1000 integrity /dev/vdb 0 48 J 0"},
+		// The tag store of an authenticated dm-crypt volume with 4096-byte
+		// sectors and no journal (an ephemeral volume).
+		{"aead 4k direct", IntegrityParams{Device: "254:16", Length: 57344, TagSize: HMACSHA256TagSize + RandomIVSize, Mode: 'D', BlockSize: 4096},
+			"0 57344 integrity 254:16 0 48 D 1 block_size:4096"},
+		{"offset bitmap", IntegrityParams{Device: "/dev/vdb", Offset: 2048, Length: 8, TagSize: 4, Mode: 'B', BlockSize: 512},
+			"0 8 integrity /dev/vdb 2048 4 B 0"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tgt, err := IntegrityTarget(tc.p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := tgt.String(); got != tc.want || tgt.Secret {
+				t.Fatalf("target %q secret %v, want %q not secret", got, tgt.Secret, tc.want)
+			}
+		})
+	}
+	bad := []struct {
+		name  string
+		p     IntegrityParams
+		field string
+	}{
+		{"device", IntegrityParams{Device: "a b", Length: 8, TagSize: 48}, "device"},
+		{"length", IntegrityParams{Device: "/dev/vdb", TagSize: 48}, "length"},
+		{"tag size", IntegrityParams{Device: "/dev/vdb", Length: 8}, "tag size"},
+		{"mode", IntegrityParams{Device: "/dev/vdb", Length: 8, TagSize: 48, Mode: 'X'}, "mode"},
+		{"block size", IntegrityParams{Device: "/dev/vdb", Length: 8, TagSize: 48, BlockSize: 3000}, "block size"},
+		{"block multiple", IntegrityParams{Device: "/dev/vdb", Length: 12, TagSize: 48, BlockSize: 4096}, "block size"},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := IntegrityTarget(tc.p)
+			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("error %v, want invalid argument naming %q", err, tc.field)
+			}
+		})
+	}
+}
+
+func TestIntegrityStatus(t *testing.T) {
+	tests := []struct {
+		status           string
+		mismatches, prov uint64
+		ok               bool
+	}{
+		{"0 59904 -", 0, 59904, true},
+		{"3 1024 512", 3, 1024, true},
+		{"0", 0, 0, false},
+		{"x 10 -", 0, 10, false},
+		{"0 ten -", 0, 0, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.status, func(t *testing.T) {
+			p, err := IntegrityProvidedSectors(tc.status)
+			m, merr := IntegrityMismatches(tc.status)
+			if tc.ok {
+				if err != nil || merr != nil || p != tc.prov || m != tc.mismatches {
+					t.Fatalf("provided %d (%v) mismatches %d (%v); want %d and %d", p, err, m, merr, tc.prov, tc.mismatches)
+				}
+				return
+			}
+			if err == nil && merr == nil {
+				t.Fatalf("status %q accepted", tc.status)
 			}
 		})
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/containerd/errdefs"
@@ -87,7 +88,29 @@ type CryptParams struct {
 	AllowDiscards bool
 	// NoReadWorkqueue and NoWriteWorkqueue bypass dm-crypt's queues.
 	NoReadWorkqueue, NoWriteWorkqueue bool
+	// IntegrityTagSize and IntegrityType ("aead" or "none") ask for
+	// integrity:<size>:<type>: per-sector metadata that the device below
+	// (a dm-integrity target without internal hash, with the same tag
+	// size) stores. The size is all of it: with an AEAD cipher such as
+	// AuthencHMACSHA256XTS, the authentication tag plus the IV of a
+	// "random" IV mode (HMACSHA256TagSize+RandomIVSize); the kernel
+	// refuses a size that differs from the integrity device's.
+	IntegrityTagSize int
+	IntegrityType    string
 }
+
+// AuthencHMACSHA256XTS is the authenticated dm-crypt cipher cryptsetup
+// loads for luksFormat --integrity hmac-sha256 with aes-xts: AES-XTS
+// encryption and an HMAC-SHA256 tag per sector over the data, the sector
+// number and a random IV (kept in the tag area). Its key is the XTS key
+// (64 bytes for AES-256) followed by the HMAC key (32 bytes).
+const AuthencHMACSHA256XTS = "capi:authenc(hmac(sha256),xts(aes))-random"
+
+// Sizes for AuthencHMACSHA256XTS.
+const (
+	HMACSHA256TagSize = 32 // the HMAC-SHA256 tag per sector
+	RandomIVSize      = 16 // the random IV dm-crypt stores beside the tag
+)
 
 var (
 	cipherRE   = regexp.MustCompile(`^[a-z0-9_]+(:[0-9]+)?-[a-z0-9_]+(-[a-z0-9_]+(:[a-z0-9_]+)?)?$|^capi:[a-z0-9(),_-]+(-[a-z0-9_]+)?$`)
@@ -150,6 +173,15 @@ func CryptTarget(c CryptParams) (Target, error) {
 	if c.NoWriteWorkqueue {
 		opt = append(opt, "no_write_workqueue")
 	}
+	switch {
+	case c.IntegrityTagSize == 0 && c.IntegrityType == "":
+	case c.IntegrityTagSize <= 0 || c.IntegrityTagSize > 1024:
+		return Target{}, fmt.Errorf("integrity tag size %d: must be 1 to 1024 bytes: %w", c.IntegrityTagSize, errdefs.ErrInvalidArgument)
+	case c.IntegrityType != "aead" && c.IntegrityType != "none":
+		return Target{}, fmt.Errorf("integrity type %q: must be aead or none: %w", c.IntegrityType, errdefs.ErrInvalidArgument)
+	default:
+		opt = append(opt, fmt.Sprintf("integrity:%d:%s", c.IntegrityTagSize, c.IntegrityType))
+	}
 	switch ss := c.SectorSize; {
 	case ss == 0 || ss == 512:
 	case ss > 512 && ss <= 4096 && ss&(ss-1) == 0:
@@ -166,4 +198,101 @@ func CryptTarget(c CryptParams) (Target, error) {
 		params += fmt.Sprintf(" %d %s", len(opt), strings.Join(opt, " "))
 	}
 	return Target{Start: 0, Length: c.Length, Type: "crypt", Params: params, Secret: secret}, nil
+}
+
+// IntegrityParams are the arguments of a dm-integrity target that stores
+// the per-sector tags of the dm-crypt target above it (no internal hash:
+// the tags come from dm-crypt's AEAD).
+type IntegrityParams struct {
+	// Device holds the integrity superblock at Offset, then the data
+	// interleaved with the tags (path or major:minor).
+	Device string
+	Offset uint64 // in 512-byte sectors
+	// Length is the size of the mapping in 512-byte sectors; at most the
+	// provided data sectors the kernel reports (IntegrityProvidedSectors),
+	// a multiple of BlockSize.
+	Length uint64
+	// TagSize is the bytes of tag per block (dm-crypt's integrity size plus
+	// its IV size, e.g. HMACSHA256TagSize+RandomIVSize).
+	TagSize int
+	// Mode is 'J' (journal, the default), 'D' (direct: no journal, so a
+	// crash can leave data and tag out of step), 'B' (bitmap) or 'R'
+	// (recovery: read-only, no checks).
+	Mode byte
+	// BlockSize is the data block of one tag: 512 (default) to 4096, a
+	// power of two; it must equal the sector_size of the crypt target.
+	BlockSize uint32
+}
+
+// IntegritySuperblockSize is the area at the start of a dm-integrity
+// device that must be all zeros for the kernel to format a new superblock
+// when the table is loaded (else loading fails with "The device is not
+// initialized").
+const IntegritySuperblockSize = 4096
+
+// IntegrityTarget is the table line of a dm-integrity target:
+// "<dev> <offset> <tag_size> <mode> <#opts> [block_size:<n>]".
+func IntegrityTarget(p IntegrityParams) (Target, error) {
+	if err := checkDevice("device", p.Device); err != nil {
+		return Target{}, err
+	}
+	if p.Length == 0 {
+		return Target{}, fmt.Errorf("length: must not be 0: %w", errdefs.ErrInvalidArgument)
+	}
+	if p.TagSize <= 0 || p.TagSize > 1024 {
+		return Target{}, fmt.Errorf("tag size %d: must be 1 to 1024 bytes: %w", p.TagSize, errdefs.ErrInvalidArgument)
+	}
+	mode := p.Mode
+	switch mode {
+	case 0:
+		mode = 'J'
+	case 'J', 'D', 'B', 'R':
+	default:
+		return Target{}, fmt.Errorf("mode %q: must be J, D, B or R: %w", mode, errdefs.ErrInvalidArgument)
+	}
+	var opt []string
+	switch bs := p.BlockSize; {
+	case bs == 0 || bs == 512:
+	case bs > 512 && bs <= 4096 && bs&(bs-1) == 0:
+		if per := uint64(bs / SectorSize); p.Length%per != 0 {
+			return Target{}, fmt.Errorf("block size %d: length %d must be a multiple of %d sectors: %w", bs, p.Length, per, errdefs.ErrInvalidArgument)
+		}
+		opt = append(opt, fmt.Sprintf("block_size:%d", bs))
+	default:
+		return Target{}, fmt.Errorf("block size %d: must be a power of two from 512 to 4096: %w", bs, errdefs.ErrInvalidArgument)
+	}
+	params := fmt.Sprintf("%s %d %d %c %d", p.Device, p.Offset, p.TagSize, mode, len(opt))
+	if len(opt) > 0 {
+		params += " " + strings.Join(opt, " ")
+	}
+	return Target{Start: 0, Length: p.Length, Type: "integrity", Params: params}, nil
+}
+
+// IntegrityProvidedSectors reads the data sectors a dm-integrity target
+// offers from its status line ("<mismatches> <provided sectors>
+// <recalculation position or ->").
+func IntegrityProvidedSectors(status string) (uint64, error) {
+	f := strings.Fields(status)
+	if len(f) < 2 {
+		return 0, fmt.Errorf("integrity status %q: want at least two fields: %w", status, errdefs.ErrInvalidArgument)
+	}
+	n, err := strconv.ParseUint(f[1], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("integrity status %q: provided sectors: %w", status, errdefs.ErrInvalidArgument)
+	}
+	return n, nil
+}
+
+// IntegrityMismatches reads the number of tag mismatches a dm-integrity
+// target has seen from its status line.
+func IntegrityMismatches(status string) (uint64, error) {
+	f := strings.Fields(status)
+	if len(f) < 1 {
+		return 0, fmt.Errorf("integrity status %q: empty: %w", status, errdefs.ErrInvalidArgument)
+	}
+	n, err := strconv.ParseUint(f[0], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("integrity status %q: mismatches: %w", status, errdefs.ErrInvalidArgument)
+	}
+	return n, nil
 }

@@ -15,11 +15,13 @@ import (
 	"github.com/cova-project/cova/rootfs"
 )
 
-// dmModules are what the device-mapper tests add to guestModules: dm-verity
-// and dm-crypt with their dependencies, and the xts and ecb templates that
-// aes-xts-plain64 needs (aes and sha256 are built into the cloud kernel;
-// there is no modprobe in the guest to load a template on demand).
-var dmModules = []string{"dm_mod", "dm_verity", "dm_crypt", "xts", "ecb"}
+// dmModules are what the device-mapper tests add to guestModules: dm-verity,
+// dm-crypt and dm-integrity with their dependencies, the xts and ecb
+// templates that aes-xts-plain64 needs and the authenc template of the
+// authenticated capi:authenc(hmac(sha256),xts(aes)) cipher (aes, hmac and
+// sha256 are built into the cloud kernel; there is no modprobe in the guest
+// to load a template on demand).
+var dmModules = []string{"dm_mod", "dm_verity", "dm_crypt", "dm_integrity", "xts", "ecb", "authenc"}
 
 // mkfsFiles are the dynamic mkfs.ext4 of the host (Debian's e2fsprogs) and
 // what it needs to run in the guest. The agent runs it for
@@ -117,9 +119,20 @@ func prepareDM(e *env) (*dmEnv, string, error) {
 // boot starts a VM on the device-mapper initrd.
 func (d *dmEnv) boot(t *testing.T, disks ...Disk) *VM {
 	t.Helper()
+	return d.bootWith(t, "", disks...)
+}
+
+// bootWith starts a VM on the device-mapper initrd with extra kernel
+// command-line arguments.
+func (d *dmEnv) bootWith(t *testing.T, extra string, disks ...Disk) *VM {
+	t.Helper()
+	args := "agent.kernel_modules=" + strings.Join(d.modules, ",") + " agent.log=debug"
+	if extra != "" {
+		args += " " + extra
+	}
 	return bootConfig(t, Config{
 		Kernel: d.kernel.Image, Initrd: d.initrd,
-		Append: "agent.kernel_modules=" + strings.Join(d.modules, ",") + " agent.log=debug",
+		Append: args,
 		Dir:    vmDir(t), Disks: disks,
 	})
 }
@@ -139,4 +152,18 @@ func busyboxExt4(ctx context.Context, t *testing.T, e *env, size string, extra m
 		t.Fatalf("mkfs.ext4: %v: %s", err, out)
 	}
 	return img
+}
+
+// consoleHas waits up to 5 s for text on the guest console: a log line
+// written just before an RPC answers can reach the host's serial reader
+// after the answer does.
+func consoleHas(v *VM, text string) bool {
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if strings.Contains(v.Console(), text) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
 }

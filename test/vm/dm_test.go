@@ -7,10 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/cova-project/cova/agent/ocispec"
 	pb "github.com/cova-project/cova/protocols/grpc"
@@ -91,7 +93,11 @@ func TestDMVerity(t *testing.T) {
 
 	// A root hash the image does not have: the mount itself fails.
 	wrong := []byte(p.RootHashHex())
-	wrong[0] ^= 0x01
+	if wrong[0] == '0' { // another hex digit
+		wrong[0] = '1'
+	} else {
+		wrong[0] = '0'
+	}
 	mp3 := filepath.Join("/run/kata-containers", "wrong", "rootfs")
 	w, err := ocispec.FromSpec(containerSpec(mp3, "true"))
 	if err != nil {
@@ -103,7 +109,7 @@ func TestDMVerity(t *testing.T) {
 	} else {
 		t.Logf("wrong root hash: %v", err)
 	}
-	if !strings.Contains(v.Console(), "dm-verity volume mounted") {
+	if !consoleHas(v, "dm-verity volume mounted") {
 		t.Error(`the console has no "dm-verity volume mounted" line`)
 	}
 	t.Logf("poweroff: QEMU exited %v after DestroySandbox; whole test %v", powerOff(ctx, t, a, v).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
@@ -139,7 +145,9 @@ func TestDMCryptEphemeral(t *testing.T) {
 	scratch := Disk{Path: blank, Slot: 4}
 
 	start := time.Now()
-	v := d.boot(t, rootDisk, scratch)
+	// Plain dm-crypt: integrity off explicitly (Cova's default is on);
+	// TestDMCryptIntegrity covers it on.
+	v := d.bootWith(t, "agent.secure_storage_integrity=false", rootDisk, scratch)
 	a, tm := connect(ctx, t, v)
 	t.Logf("boot: %v", tm)
 	const sid = "sandbox-crypt"
@@ -161,9 +169,8 @@ func TestDMCryptEphemeral(t *testing.T) {
 		t.Errorf("container on the encrypted volume: stdout %q stderr %q status %d; want %q status 0", out, errOut, status, want)
 	}
 	t.Logf("container with mkfs on dm-crypt: %v", time.Since(t0).Round(time.Millisecond))
-	console := v.Console()
 	for _, line := range []string{"ephemeral encrypted volume mounted", "secure volume removed"} {
-		if !strings.Contains(console, line) {
+		if !consoleHas(v, line) {
 			t.Errorf("the console has no %q line", line)
 		}
 	}
@@ -183,4 +190,177 @@ func TestDMCryptEphemeral(t *testing.T) {
 		t.Error("the raw disk is still blank: nothing was written through dm-crypt")
 	}
 	t.Logf("whole test %v", time.Since(start).Round(time.Millisecond))
+}
+
+// TestDMCryptIntegrity boots with agent.secure_storage_integrity=true and
+// hands the agent a blank disk as a blk storage with
+// encryption_key=ephemeral: the agent builds a dm-integrity device under an
+// authenticated dm-crypt device (HMAC-SHA256 per 4096-byte block). A
+// container writes a file and reads it back with O_DIRECT; sysfs shows the
+// integrity device with its 48-byte tags. The host then flips one bit of
+// the file's ciphertext in the disk image while the VM runs (QEMU reads the
+// image file again; O_DIRECT keeps the guest's page cache out of the way),
+// and the same read, from a process executed in the container, fails
+// (EILSEQ: the kernel logs "INTEGRITY AEAD ERROR") instead of returning
+// altered data.
+func TestDMCryptIntegrity(t *testing.T) {
+	t.Parallel()
+	d := needDM(t)
+	ctx, cancel := context.WithTimeout(context.Background(), scenarioTimeout)
+	defer cancel()
+
+	rootImg := busyboxExt4(ctx, t, d.env, "8M", nil)
+	blank := filepath.Join(t.TempDir(), "scratch.img")
+	if err := os.WriteFile(blank, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(blank, 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	rootDisk := Disk{Path: rootImg, ReadOnly: true, Slot: 3}
+	scratch := Disk{Path: blank, Slot: 4}
+
+	start := time.Now()
+	v := d.bootWith(t, "agent.secure_storage_integrity=true", rootDisk, scratch)
+	a, tm := connect(ctx, t, v)
+	t.Logf("boot: %v", tm)
+	const sid = "sandbox-integrity"
+	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: sid, Hostname: "cova"}); err != nil {
+		t.Fatalf("CreateSandbox: %v", err)
+	}
+	root := filepath.Join("/run/kata-containers", sid, "rootfs")
+	vol := "/run/kata-containers/sandbox/storage/scratch"
+	storages := []*pb.Storage{
+		{Driver: "blk", Source: rootDisk.PCIPath(), Fstype: "ext4", Options: []string{"ro"}, MountPoint: root},
+		{Driver: "blk", Source: scratch.PCIPath(), Fstype: "ext4", Options: []string{"rw"}, MountPoint: vol,
+			DriverOptions: []string{"encryption_key=ephemeral", "create_filesystem"}},
+	}
+	// 1 MiB of file data (256 blocks, one extent), read back past the page
+	// cache; then the dm devices as sysfs names them, with their integrity
+	// tag sizes.
+	const read = `dd if=/data/blob of=/dev/null bs=65536 iflag=direct`
+	spec := containerSpec(root, "sh", "-c", `dd if=/dev/zero of=/data/blob bs=65536 count=16 2>/dev/null && sync && `+read+` 2>/dev/null && echo read-ok; `+
+		`for b in /sys/block/dm-*; do echo "$(cat $b/dm/name) tag_size=$(cat $b/integrity/tag_size)"; done; echo written; exec sleep 600`)
+	spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: vol, Options: []string{"rbind", "rw"}})
+	w, err := ocispec.FromSpec(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if _, err := a.CreateContainer(ctx, &pb.CreateContainerRequest{ContainerId: sid, ExecId: sid, OCI: w, Storages: storages}); err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+	t.Logf("CreateContainer with dm-integrity, tag wipe and mkfs: %v", time.Since(t0).Round(time.Millisecond))
+	if !consoleHas(v, `"integrity":true`) {
+		t.Fatal("the ephemeral volume was set up without integrity: does cmd/cova-agent give the storage manager mount.WithSecureStorageIntegrity(secure, cfg.SecureStorageIntegrity)?")
+	}
+	before, err := os.ReadFile(blank)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.StartContainer(ctx, &pb.StartContainerRequest{ContainerId: sid}); err != nil {
+		t.Fatalf("StartContainer: %v", err)
+	}
+	var out []byte
+	for !bytes.Contains(out, []byte("written\n")) {
+		r, err := a.ReadStdout(ctx, &pb.ReadStreamRequest{ContainerId: sid, ExecId: sid, Len: 32 << 10})
+		if err != nil || len(r.GetData()) == 0 {
+			t.Fatalf("container output %q ended: %v", out, err)
+		}
+		out = append(out, r.GetData()...)
+	}
+	t.Logf("container: %q", out)
+	if !bytes.Contains(out, []byte("read-ok\n")) {
+		t.Errorf("the container could not read back what it wrote: %q", out)
+	}
+	var difTags, crypt bool
+	for _, line := range strings.Split(string(out), "\n") {
+		name, tags, _ := strings.Cut(line, " ")
+		difTags = difTags || strings.HasPrefix(name, "cova-sm-") && strings.HasSuffix(name, "_dif") && tags == "tag_size=48"
+		crypt = crypt || strings.HasPrefix(name, "cova-sm-") && !strings.HasSuffix(name, "_dif")
+	}
+	if !difTags || !crypt {
+		t.Errorf("sysfs does not show a cova-sm-*_dif device with 48-byte tags under a cova-sm-* device: %q", out)
+	}
+
+	// The blocks the container changed; the longest run of them is the
+	// file's data. Flip one byte in its middle.
+	after, err := os.ReadFile(blank)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const bs = 4096
+	bestStart, bestLen, runStart := 0, 0, -1
+	for b := 0; b <= len(after)/bs; b++ {
+		changed := b < len(after)/bs && !bytes.Equal(before[b*bs:(b+1)*bs], after[b*bs:(b+1)*bs])
+		switch {
+		case changed && runStart < 0:
+			runStart = b
+		case !changed && runStart >= 0:
+			if b-runStart > bestLen {
+				bestStart, bestLen = runStart, b-runStart
+			}
+			runStart = -1
+		}
+	}
+	if bestLen < 64 {
+		t.Fatalf("the longest run of changed blocks is %d blocks; want the file's 256", bestLen)
+	}
+	at := int64((bestStart+bestLen/2)*bs + 100)
+	f, err := os.OpenFile(blank, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{after[at] ^ 0x40}, at); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("flipped a bit at byte %d (changed run: blocks %d..%d)", at, bestStart, bestStart+bestLen-1)
+
+	proc := proto.Clone(w.Process).(*pb.Process)
+	proc.Args = []string{"sh", "-c", read}
+	if _, err := a.ExecProcess(ctx, &pb.ExecProcessRequest{ContainerId: sid, ExecId: "reread", Process: proc}); err != nil {
+		t.Fatalf("ExecProcess: %v", err)
+	}
+	var outs [2][]byte
+	var wg sync.WaitGroup
+	for i := range outs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outs[i] = a.ReadAll(ctx, sid, "reread", i == 1)
+		}()
+	}
+	r, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: sid, ExecId: "reread"})
+	if err != nil {
+		t.Fatalf("WaitProcess: %v", err)
+	}
+	wg.Wait()
+	// dm-crypt fails an AEAD check with BLK_STS_PROTECTION, which reaches
+	// the reader as EILSEQ ("Invalid or incomplete multibyte or wide
+	// character"); older kernels said EIO.
+	errOut := string(outs[1])
+	if r.GetStatus() == 0 || !strings.Contains(errOut, "Invalid or incomplete multibyte") && !strings.Contains(errOut, "Input/output error") {
+		t.Errorf("reading the tampered file: stdout %q stderr %q status %d; want EILSEQ or EIO", outs[0], errOut, r.GetStatus())
+	} else {
+		t.Logf("tampered read: %q, exit %d", strings.TrimSpace(errOut), r.GetStatus())
+	}
+
+	if _, err := a.SignalProcess(ctx, &pb.SignalProcessRequest{ContainerId: sid, ExecId: sid, Signal: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.WaitProcess(ctx, &pb.WaitProcessRequest{ContainerId: sid, ExecId: sid}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.RemoveContainer(ctx, &pb.RemoveContainerRequest{ContainerId: sid, Timeout: 10}); err != nil {
+		t.Fatalf("RemoveContainer: %v", err)
+	}
+	for _, line := range []string{"dm-integrity device active", "integrity tags initialised", "secure volume removed", "INTEGRITY AEAD ERROR"} {
+		if !consoleHas(v, line) {
+			t.Errorf("the console has no %q line", line)
+		}
+	}
+	t.Logf("poweroff: QEMU exited %v after DestroySandbox; whole test %v", powerOff(ctx, t, a, v).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 }
