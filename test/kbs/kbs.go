@@ -11,7 +11,8 @@
 // data (sha384 of the RFC 8785 canonical {"additional-evidence","nonce",
 // "tee-pubkey"}, the key re-serialized in its fixed JWK shape), has the
 // TEE's Verifier check the evidence (sample and tpm built in, additional
-// devices too) and answers an ES256 EAR-shaped token; GET
+// devices too; SNPVerifier and TDXVerifier are passed in Options.Verifiers
+// with the roots to trust) and answers an ES256 EAR-shaped token; GET
 // /kbs/v0/resource/<repo>/<type>/<tag> takes the session's token or a
 // bearer token (its own, or from a trusted issuer: passport mode), asks the
 // policy hook, and answers the resource JWE-encrypted (ECDH-ES+A256KW or

@@ -25,7 +25,10 @@ import (
 // one. It returns the claims that go into the token.
 type Verifier func(ctx context.Context, evidence json.RawMessage, reportData, initdataDigest []byte) (map[string]any, error)
 
-// DefaultVerifiers verifies sample, sampledevice and tpm evidence.
+// DefaultVerifiers verifies sample, sampledevice and tpm evidence. snp and
+// tdx are not among them: their verifiers need the roots to trust (the
+// vendors' for hardware, go-sev-guest's fake chain in tests), so a caller
+// adds SNPVerifier/TDXVerifier to Options.Verifiers.
 func DefaultVerifiers() map[attester.Tee]Verifier {
 	return map[attester.Tee]Verifier{
 		attester.TeeSample:       SampleVerifier,

@@ -1,6 +1,7 @@
 // Command cova-dev-kbs runs the DEVELOPMENT Key Broker Service of package
 // test/kbs on a laptop: KBS protocol 0.4.0 over HTTPS with a fresh
-// self-signed certificate, sample and TPM evidence verified, resources
+// self-signed certificate, sample and TPM evidence verified (SEV-SNP and
+// TDX against the vendors' roots with -snp and -tdx), resources
 // served from a directory. It is for demos and tests only: it trusts the
 // sample attester, keeps its keys in memory and has no resource policy
 // beyond "attested".
@@ -18,6 +19,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/cova-project/cova/attester"
 	"github.com/cova-project/cova/test/kbs"
 )
 
@@ -40,6 +42,8 @@ func run(args []string) error {
 	caOut := fs.String("ca-out", "", "write the server's self-signed certificate (PEM) here, for the guest's aa.toml/cdh.toml")
 	lifetime := fs.Duration("token-lifetime", kbs.DefaultTokenLifetime, "attestation token lifetime")
 	verbose := fs.Bool("v", false, "log refused requests")
+	withSNP := fs.Bool("snp", false, "also verify SEV-SNP evidence against AMD's roots (embedded in go-sev-guest; the evidence must carry its VCEK chain, nothing is fetched)")
+	withTDX := fs.Bool("tdx", false, "also verify TDX quotes against Intel's SGX root (embedded in go-tdx-guest; no collateral is fetched)")
 	var extra names
 	fs.Var(&extra, "name", "extra certificate name or address (repeatable), e.g. 10.0.2.2 for a QEMU guest")
 	if err := fs.Parse(args); err != nil {
@@ -56,7 +60,14 @@ func run(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	s, err := kbs.Start(ctx, kbs.Options{Addr: *addr, CertNames: extra, ResourceDir: *dir, TokenLifetime: *lifetime, Logger: log})
+	vs := kbs.DefaultVerifiers()
+	if *withSNP {
+		vs[attester.TeeSNP] = kbs.SNPVerifier(kbs.SNPOptions{})
+	}
+	if *withTDX {
+		vs[attester.TeeTDX] = kbs.TDXVerifier(kbs.TDXOptions{})
+	}
+	s, err := kbs.Start(ctx, kbs.Options{Addr: *addr, CertNames: extra, ResourceDir: *dir, TokenLifetime: *lifetime, Verifiers: vs, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -31,7 +31,7 @@ func TestDevKBSBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	ca := filepath.Join(dir, "ca.pem")
-	cmd := exec.Command(bin, "-addr", "127.0.0.1:0", "-resources", filepath.Join(dir, "res"), "-ca-out", ca, "-name", "10.0.2.2")
+	cmd := exec.Command(bin, "-addr", "127.0.0.1:0", "-resources", filepath.Join(dir, "res"), "-ca-out", ca, "-name", "10.0.2.2", "-snp", "-tdx")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
