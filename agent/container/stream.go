@@ -88,13 +88,27 @@ func (s *outStream) Read(ctx context.Context, n int) ([]byte, error) {
 		select {
 		case c, ok := <-s.ch:
 			if !ok {
-				return out, nil
+				return s.keepIfCancelled(ctx, out)
 			}
 			out = append(out, s.take(&c, n-len(out))...)
 			s.rest = c
 		default:
-			return out, nil
+			return s.keepIfCancelled(ctx, out)
 		}
+	}
+	return s.keepIfCancelled(ctx, out)
+}
+
+// keepIfCancelled returns out, unless the reader went away while it was
+// being gathered (ttrpc cancels a request when its client disconnects):
+// then out goes back to the front of the stream for the next reader, as an
+// answer nobody can receive would lose it. (A client that vanishes after
+// the answer left this function can still lose it: the protocol has no
+// acknowledgement.) The caller holds s.mu.
+func (s *outStream) keepIfCancelled(ctx context.Context, out []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil && len(out) > 0 {
+		s.rest = append(append([]byte(nil), out...), s.rest...)
+		return nil, err
 	}
 	return out, nil
 }

@@ -102,7 +102,12 @@ func agentFaults() []fault {
 					return errors.New("ReadStdout on a closed client returned data")
 				}
 				// The output produced after the first reader left reaches the
-				// next one.
+				// next one. "Left" means the agent saw the disconnect (ttrpc
+				// then cancels the pending read, which gives its data back);
+				// the protocol has no acknowledgement, so output that races
+				// the disconnect itself can still be lost. Give the agent a
+				// moment to see it.
+				time.Sleep(200 * time.Millisecond)
 				if _, err := e.C.WriteStdin(ctx, &pb.WriteStreamRequest{ContainerId: "c", Data: []byte("abc\n")}); err != nil {
 					return fmt.Errorf("WriteStdin: %w", err)
 				}
