@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/containerd/errdefs"
@@ -468,4 +469,34 @@ func (c *Client) tableStatus(ctx context.Context, name string, flags uint32) (De
 		return fmt.Errorf("device-mapper table status %q: answer larger than %d bytes: %w", name, maxStatusBuffer, errdefs.ErrResourceExhausted)
 	})
 	return info, targets, err
+}
+
+// Remover is what RemoveBusy needs of a Client.
+type Remover interface {
+	RemoveDevice(ctx context.Context, name string) error
+}
+
+// Busy-device retries, as libdevmapper's: a device whose file system was
+// just unmounted can stay busy for a moment (the last reference, from a
+// container's mount namespace being torn down, goes asynchronously).
+const (
+	busyAttempts = 25
+	busyBackoff  = 200 * time.Millisecond
+)
+
+// RemoveBusy removes the device name, retrying while the kernel says it is
+// busy (up to 5 s) or until ctx ends.
+func RemoveBusy(ctx context.Context, r Remover, name string) error {
+	var err error
+	for i := 0; i < busyAttempts; i++ {
+		if err = r.RemoveDevice(ctx, name); err == nil || !errors.Is(err, unix.EBUSY) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(busyBackoff):
+		}
+	}
+	return err
 }

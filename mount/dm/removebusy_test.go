@@ -1,0 +1,41 @@
+package dm
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+type flakyRemover struct {
+	busy  int
+	calls int
+	final error
+}
+
+func (f *flakyRemover) RemoveDevice(context.Context, string) error {
+	f.calls++
+	if f.calls <= f.busy {
+		return classify("remove", "x", unix.EBUSY)
+	}
+	return f.final
+}
+
+func TestRemoveBusy(t *testing.T) {
+	f := &flakyRemover{busy: 2}
+	if err := RemoveBusy(context.Background(), f, "x"); err != nil || f.calls != 3 {
+		t.Fatalf("busy twice then gone: %v after %d calls", err, f.calls)
+	}
+	other := classify("remove", "x", unix.ENXIO)
+	f = &flakyRemover{final: other}
+	if err := RemoveBusy(context.Background(), f, "x"); !errors.Is(err, other) || f.calls != 1 {
+		t.Fatalf("a non-busy error is not retried: %v after %d calls", err, f.calls)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	f = &flakyRemover{busy: 100}
+	if err := RemoveBusy(ctx, f, "x"); !errors.Is(err, unix.EBUSY) || f.calls != 1 {
+		t.Fatalf("a cancelled context stops the retries: %v after %d calls", err, f.calls)
+	}
+}
