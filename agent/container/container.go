@@ -285,16 +285,20 @@ func (m *Manager) Start(ctx context.Context, id string) error {
 	if _, done := c.init.Status(); done {
 		return fmt.Errorf("container %s init has exited: %w", id, errdefs.ErrFailedPrecondition)
 	}
+	// Watch for OOM before the init runs: a process that exhausts its
+	// limit at once would otherwise be killed before anyone listens.
+	if c.stopOOM == nil {
+		if ch, err := c.lc.NotifyOOM(); err == nil {
+			c.stopOOM = make(chan struct{})
+			go m.forwardOOM(id, ch, c.stopOOM)
+		} else {
+			c.log.Debug("no OOM notifications", "err", err)
+		}
+	}
 	if err := c.lc.Exec(); err != nil {
 		return fmt.Errorf("start container %s: %w", id, err)
 	}
 	c.started = true
-	if ch, err := c.lc.NotifyOOM(); err == nil {
-		c.stopOOM = make(chan struct{})
-		go m.forwardOOM(id, ch, c.stopOOM)
-	} else {
-		c.log.Debug("no OOM notifications", "err", err)
-	}
 	c.log.Info("container started")
 	return nil
 }
