@@ -342,7 +342,7 @@ func (m *Manager) setupVerity(ctx context.Context, id string, s Storage, pl plac
 		return nil, fmt.Errorf("creating dm-verity device for %s: %w", dev, err)
 	}
 	remove := func(ctx context.Context) error {
-		if err := dm.RemoveBusy(ctx, m.dm, name); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		if _, err := dm.RemoveBusy(ctx, m.dm, name, 0); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 			return fmt.Errorf("removing dm-verity device %s: %w", name, err)
 		}
 		return nil

@@ -239,7 +239,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
-	return &Service{cfg: cfg, log: cfg.Log, backoff: removeBackoff, volumes: map[string]*volume{}}, nil
+	return &Service{cfg: cfg, log: cfg.Log, backoff: dm.BusyBackoff, volumes: map[string]*volume{}}, nil
 }
 
 // runTool runs name (through PATH or the system directories) with args.
@@ -650,31 +650,13 @@ func (s *Service) Unmount(ctx context.Context, mountPoint string) error {
 	return nil
 }
 
-// Removal retries: a device whose file system was just unmounted can stay
-// busy for a moment (the last reference to the mount, from a container's
-// mount namespace, is dropped asynchronously; seen in VM tests on a loaded
-// host); libdevmapper retries such removals too (25 times, 200 ms apart).
-const (
-	removeAttempts = 25
-	removeBackoff  = 200 * time.Millisecond
-)
-
 // removeDevice removes a mapped device, retrying while the kernel says it
-// is busy.
+// is busy (dm.RemoveBusy: a device whose file system was just unmounted can
+// stay busy while a container's mount namespace drops its reference).
 func (s *Service) removeDevice(ctx context.Context, name string) error {
-	var err error
-	for i := 0; i < removeAttempts; i++ {
-		if err = s.cfg.Mapper.RemoveDevice(ctx, name); err == nil || !errors.Is(err, unix.EBUSY) {
-			if i > 0 && err == nil {
-				s.log.InfoContext(ctx, "busy device removed after retries", "name", name, "attempts", i+1)
-			}
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (gave up: %w)", err, ctx.Err())
-		case <-time.After(s.backoff):
-		}
+	retries, err := dm.RemoveBusy(ctx, s.cfg.Mapper, name, s.backoff)
+	if err == nil && retries > 0 {
+		s.log.InfoContext(ctx, "busy device removed after retries", "name", name, "attempts", retries+1)
 	}
 	return err
 }

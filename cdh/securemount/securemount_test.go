@@ -569,7 +569,7 @@ func TestUnmountRetriesBusyDevice(t *testing.T) {
 		removes int
 	}{
 		{"busy twice", []error{busy, busy}, nil, 3},
-		{"always busy", []error{busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy}, unix.EBUSY, removeAttempts},
+		{"always busy", []error{busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy, busy}, unix.EBUSY, dm.BusyAttempts},
 		{"other error", []error{fmt.Errorf("device-mapper remove: %w", unix.EPERM)}, unix.EPERM, 1},
 		{"gone", []error{fmt.Errorf("device-mapper remove: %w", errdefs.ErrNotFound)}, nil, 1},
 	}

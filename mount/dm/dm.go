@@ -480,23 +480,31 @@ type Remover interface {
 // just unmounted can stay busy for a moment (the last reference, from a
 // container's mount namespace being torn down, goes asynchronously).
 const (
-	busyAttempts = 25
-	busyBackoff  = 200 * time.Millisecond
+	// BusyAttempts is how often RemoveBusy tries.
+	BusyAttempts = 25
+	// BusyBackoff is RemoveBusy's default pause between attempts.
+	BusyBackoff = 200 * time.Millisecond
 )
 
 // RemoveBusy removes the device name, retrying while the kernel says it is
-// busy (up to 5 s) or until ctx ends.
-func RemoveBusy(ctx context.Context, r Remover, name string) error {
-	var err error
-	for i := 0; i < busyAttempts; i++ {
+// busy (25 attempts, backoff apart; BusyBackoff when 0) or until ctx ends.
+// retries counts the attempts after the first.
+func RemoveBusy(ctx context.Context, r Remover, name string, backoff time.Duration) (retries int, err error) {
+	if backoff <= 0 {
+		backoff = BusyBackoff
+	}
+	for i := 0; i < BusyAttempts; i++ {
 		if err = r.RemoveDevice(ctx, name); err == nil || !errors.Is(err, unix.EBUSY) {
-			return err
+			return i, err
+		}
+		if i == BusyAttempts-1 {
+			break
 		}
 		select {
 		case <-ctx.Done():
-			return err
-		case <-time.After(busyBackoff):
+			return i, fmt.Errorf("%w (gave up: %w)", err, ctx.Err())
+		case <-time.After(backoff):
 		}
 	}
-	return err
+	return BusyAttempts - 1, err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,18 +25,18 @@ func (f *flakyRemover) RemoveDevice(context.Context, string) error {
 
 func TestRemoveBusy(t *testing.T) {
 	f := &flakyRemover{busy: 2}
-	if err := RemoveBusy(context.Background(), f, "x"); err != nil || f.calls != 3 {
+	if n, err := RemoveBusy(context.Background(), f, "x", time.Millisecond); err != nil || f.calls != 3 || n != 2 {
 		t.Fatalf("busy twice then gone: %v after %d calls", err, f.calls)
 	}
 	other := classify("remove", "x", unix.ENXIO)
 	f = &flakyRemover{final: other}
-	if err := RemoveBusy(context.Background(), f, "x"); !errors.Is(err, other) || f.calls != 1 {
+	if _, err := RemoveBusy(context.Background(), f, "x", time.Millisecond); !errors.Is(err, other) || f.calls != 1 {
 		t.Fatalf("a non-busy error is not retried: %v after %d calls", err, f.calls)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	f = &flakyRemover{busy: 100}
-	if err := RemoveBusy(ctx, f, "x"); !errors.Is(err, unix.EBUSY) || f.calls != 1 {
+	if _, err := RemoveBusy(ctx, f, "x", time.Millisecond); !errors.Is(err, unix.EBUSY) || !errors.Is(err, context.Canceled) || f.calls != 1 {
 		t.Fatalf("a cancelled context stops the retries: %v after %d calls", err, f.calls)
 	}
 }
