@@ -240,8 +240,8 @@ const TrustedStoreDevice = "/dev/trusted_store"
 // device (which must be in place before any storage pulls an image).
 func (a *Agent) addDevices(ctx context.Context, sb *sandbox, devs []*pb.Device, s *specs.Spec, trustedOnly bool) error {
 	for i, d := range devs {
-		if trustedOnly && (d == nil || d.ContainerPath != TrustedStoreDevice) {
-			continue
+		if d != nil && trustedOnly != (d.ContainerPath == TrustedStoreDevice) {
+			continue // each pass handles its own devices
 		}
 		field := fmt.Sprintf("devices[%d]", i)
 		if d == nil {
