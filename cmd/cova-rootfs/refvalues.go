@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 
@@ -87,7 +86,7 @@ func cmdRefvalues(args []string, stdout, stderr io.Writer) error {
 		in.Memory = m
 	}
 	if initdata != "" {
-		b, err := readLimited(initdata, maxInitdata)
+		b, err := refvalues.ReadFileLimited(initdata, maxInitdata)
 		if err != nil {
 			return fmt.Errorf("refvalues: --initdata: %w", err)
 		}
@@ -139,21 +138,4 @@ func parseMemory(s string) (uint64, error) {
 		return 0, errors.New("want a size such as 512M or 2G")
 	}
 	return v << shift, nil
-}
-
-// readLimited reads a file of at most limit bytes.
-func readLimited(p string, limit int64) ([]byte, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s: larger than %d bytes", p, limit)
-	}
-	return b, nil
 }

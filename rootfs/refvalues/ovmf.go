@@ -286,7 +286,7 @@ const maxKernel = 256 << 20
 
 // ovmfBootFromFiles reads the kernel and digests the initrd.
 func ovmfBootFromFiles(kernel, initrd, cmdline string, memory uint64) (OVMFBoot, error) {
-	k, err := readFileLimited(kernel, maxKernel)
+	k, err := ReadFileLimited(kernel, maxKernel)
 	if err != nil {
 		return OVMFBoot{}, fmt.Errorf("kernel: %w", err)
 	}
@@ -303,7 +303,9 @@ func ovmfBootFromFiles(kernel, initrd, cmdline string, memory uint64) (OVMFBoot,
 	return NewOVMFBoot(k, n, h.Sum(nil), cmdline, memory)
 }
 
-func readFileLimited(p string, limit int64) ([]byte, error) {
+// ReadFileLimited reads the file p, refusing one larger than limit bytes
+// (ErrInvalidArgument) without reading past limit+1 bytes.
+func ReadFileLimited(p string, limit int64) ([]byte, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return nil, err

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -469,7 +468,7 @@ const maxFirmware = 64 << 20
 // SNPLaunchDigestFiles computes the launch measurement of a direct boot of
 // kernel, initrd and cmdline with the inputs' OVMF.
 func SNPLaunchDigestFiles(in SNPInputs, kernel, initrd, cmdline string) ([]byte, error) {
-	fw, err := readBounded(in.OVMF, maxFirmware)
+	fw, err := ReadFileLimited(in.OVMF, maxFirmware)
 	if err != nil {
 		return nil, fmt.Errorf("snp: ovmf: %w", err)
 	}
@@ -522,20 +521,4 @@ func hashFile(h interface {
 	}
 	copy(out[:], h.Sum(nil))
 	return out, nil
-}
-
-func readBounded(p string, limit int64) ([]byte, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, errors.New("larger than 64 MiB")
-	}
-	return b, nil
 }
