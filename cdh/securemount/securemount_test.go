@@ -3,6 +3,7 @@ package securemount
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -355,7 +357,6 @@ func TestOptionErrors(t *testing.T) {
 		{"relative key file", "", with(OptKey, "file://key"), nil, "", OptKey, errdefs.ErrInvalidArgument},
 		{"encrypted without key", "", with(OptSourceType, SourceEncrypted), nil, "", OptKey, errdefs.ErrInvalidArgument},
 		{"bad integrity", "", with(OptDataIntegrity, "yes"), nil, "", OptDataIntegrity, errdefs.ErrInvalidArgument},
-		{"integrity on encrypted", "", with(OptSourceType, SourceEncrypted, OptKey, "file:///k", OptDataIntegrity, "true"), nil, "", OptDataIntegrity, errdefs.ErrNotImplemented},
 		{"integrity mapper name", "", with(OptDataIntegrity, "true", OptMapperName, strings.Repeat("m", 125)), nil, "", OptMapperName, errdefs.ErrInvalidArgument},
 		{"bad mapper name", "", with(OptMapperName, "a/b"), nil, "", OptMapperName, errdefs.ErrInvalidArgument},
 		{"no target type", "", with(OptTargetType, "<del>"), nil, "", OptTargetType, errdefs.ErrInvalidArgument},
@@ -796,5 +797,124 @@ func TestRunTool(t *testing.T) {
 	// "true" lives in /usr/bin or /bin on every Debian machine.
 	if _, err := runTool(context.Background(), "true"); err != nil {
 		t.Fatalf("tool from the fixed directories without PATH: %v", err)
+	}
+}
+
+// integritySuperblock is a dm-integrity superblock as the kernel formats it
+// for cryptsetup --integrity hmac-sha256 --sector-size 4096 (version 4,
+// 32-byte tags, fixed padding), offering sectors data sectors.
+func integritySuperblock(tag byte, sectors uint64) []byte {
+	b := make([]byte, 512)
+	copy(b, "integrt\x00")
+	b[8], b[9], b[10] = 4, 15, tag
+	b[12] = 1
+	binary.LittleEndian.PutUint64(b[16:], sectors)
+	b[24] = dm.IntegrityFlagFixedPadding
+	b[28], b[29] = 3, 12
+	return b
+}
+
+// TestEncryptedSourceIntegrity opens LUKS2 volumes whose segment has
+// integrity as cryptsetup luksOpen does: a dm-integrity device in journal
+// mode over the data area (its size from the superblock there), under an
+// authenticated dm-crypt device; nothing is wiped or formatted.
+func TestEncryptedSourceIntegrity(t *testing.T) {
+	const dataSectors = 6000
+	newImage := func(t *testing.T, e *env, integrity string, sb []byte) *luks2.Volume {
+		t.Helper()
+		img := filepath.Join(e.dir, "dev", "vdc")
+		if err := os.MkdirAll(filepath.Dir(img), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Create(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := f.Truncate(20 << 20); err != nil {
+			t.Fatal(err)
+		}
+		vol, err := luks2.Format(f, []byte(marker), luks2.FormatOptions{KDF: luks2.KDF{Type: "pbkdf2", Iterations: 1000}, UUID: "01234567-89ab-4cde-8f01-23456789abcd", Integrity: integrity})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sb != nil {
+			if _, err := f.WriteAt(sb, 16<<20); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e.addBlock(254, 2, "vdc", 20<<20/512)
+		return vol
+	}
+	opts := func(integrity string) map[string]string {
+		return with(OptDeviceID, "254:2", OptSourceType, SourceEncrypted, OptKey, "kbs:///default/disk/k", OptMapperName, "data", OptDataIntegrity, integrity)
+	}
+
+	for _, asked := range []string{"true", "false"} {
+		t.Run("dataIntegrity="+asked, func(t *testing.T) {
+			e := newEnv(t)
+			vol := newImage(t, e, luks2.IntegrityHMACSHA256, integritySuperblock(32, dataSectors))
+			if _, err := e.svc.SecureMount(context.Background(), VolumeBlockDevice, opts(asked), nil, e.mp()); err != nil {
+				t.Fatal(err)
+			}
+			if len(e.mapper.creates) != 2 {
+				t.Fatalf("creates %+v", e.mapper.creates)
+			}
+			lower, upper := e.mapper.creates[0], e.mapper.creates[1]
+			if lower.name != "data_dif" || lower.uuid != "CRYPT-SUBDEV-0123456789ab4cde8f0123456789abcd-data_dif" || len(lower.targets) != 1 ||
+				lower.targets[0].Params != "254:2 32768 32 J 2 block_size:4096 fix_padding" || lower.targets[0].Length != dataSectors {
+				t.Fatalf("dm-integrity device %+v", lower)
+			}
+			want := fmt.Sprintf("capi:authenc(hmac(sha256),xts(aes))-plain64 %x 0 %s 0 2 integrity:32:aead sector_size:4096", vol.Key, filepath.Join(e.dir, "dev", "mapper", "data_dif"))
+			if upper.name != "data" || len(upper.targets) != 1 || upper.targets[0].Params != want || upper.targets[0].Length != dataSectors {
+				t.Fatalf("dm-crypt device %+v\nwant params %q", upper, want)
+			}
+			if len(e.zeros) != 0 || len(e.runs) != 0 {
+				t.Fatalf("an existing volume was wiped %v or formatted %v", e.zeros, e.runs)
+			}
+			if len(e.mounts) != 1 || e.mounts[0].source != filepath.Join(e.dir, "dev", "mapper", "data") {
+				t.Fatalf("mounts %+v", e.mounts)
+			}
+			e.noLeak(nil, []byte(hex.EncodeToString(vol.Key)))
+			if err := e.svc.Unmount(context.Background(), e.mp()); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(e.mapper.removes, []string{"data", "data_dif"}) {
+				t.Fatalf("removes %v, want the crypt device, then the integrity device", e.mapper.removes)
+			}
+		})
+	}
+
+	failures := []struct {
+		name      string
+		integrity string
+		sb        []byte
+		asked     string
+		failDev   string
+		is        func(error) bool
+		text      string
+		removes   []string
+	}{
+		{"integrity asked, plain header", "", nil, "true", "", errdefs.IsFailedPrecondition, "has no integrity", nil},
+		{"no superblock", luks2.IntegrityHMACSHA256, nil, "true", "", errdefs.IsNotFound, "no dm-integrity superblock", nil},
+		{"48-byte tags", luks2.IntegrityHMACSHA256, integritySuperblock(48, dataSectors), "true", "", errdefs.IsInvalidArgument, "48-byte tags", nil},
+		{"more data than the disk", luks2.IntegrityHMACSHA256, integritySuperblock(32, 9000), "true", "", errdefs.IsInvalidArgument, "offers 9000 data sectors", nil},
+		{"crypt device fails", luks2.IntegrityHMACSHA256, integritySuperblock(32, dataSectors), "true", "data", func(err error) bool { return errors.Is(err, unix.EINVAL) }, "creating dm-crypt device data", []string{"data_dif"}},
+		{"integrity device fails", luks2.IntegrityHMACSHA256, integritySuperblock(32, dataSectors), "true", "data_dif", func(err error) bool { return errors.Is(err, unix.EINVAL) }, "creating dm-integrity device data_dif", nil},
+	}
+	for _, tc := range failures {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			vol := newImage(t, e, tc.integrity, tc.sb)
+			e.mapper.failCreate = tc.failDev
+			_, err := e.svc.SecureMount(context.Background(), VolumeBlockDevice, opts(tc.asked), nil, e.mp())
+			if !tc.is(err) || !strings.Contains(err.Error(), tc.text) {
+				t.Fatalf("got %v, want %q", err, tc.text)
+			}
+			if !slices.Equal(e.mapper.removes, tc.removes) || len(e.mounts) != 0 {
+				t.Fatalf("removes %v (want %v), mounts %v", e.mapper.removes, tc.removes, e.mounts)
+			}
+			e.noLeak(err, []byte(hex.EncodeToString(vol.Key)))
+		})
 	}
 }

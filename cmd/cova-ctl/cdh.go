@@ -94,9 +94,90 @@ var unsealCommand = command{
 	run:   cmdUnseal,
 }
 
+// secureMountFlags are secure-mount's own flags.
+type secureMountFlags struct {
+	volumeType string
+	options    keyValues
+	flags      stringList
+}
+
+var secureMountFlagsByOpts sync.Map // *options -> *secureMountFlags
+
+func secureMountFlagsOf(o *options) *secureMountFlags {
+	v, _ := secureMountFlagsByOpts.LoadOrStore(o, &secureMountFlags{options: keyValues{}})
+	return v.(*secureMountFlags)
+}
+
+// keyValues is a repeatable KEY=VALUE flag.
+type keyValues map[string]string
+
+func (kv keyValues) String() string { return fmt.Sprint(map[string]string(kv)) }
+
+func (kv keyValues) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("%q: want KEY=VALUE", s)
+	}
+	if _, dup := kv[k]; dup {
+		return fmt.Errorf("%q: option %s given twice", s, k)
+	}
+	kv[k] = v
+	return nil
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
+
+var secureMountCommand = command{
+	name: "secure-mount", args: "MOUNT_POINT --option KEY=VALUE... [--type block-device] [--flag F]... [--cdh ADDR]",
+	help: "CDH SecureMount: set up an encrypted volume (options as guest-components' block-device: deviceId|devicePath,\n" +
+		"sourceType=empty|encrypted, encryptionType=luks2, key=sealed.…|kbs:///…|file:///…, dataIntegrity, mapperName,\n" +
+		"targetType, filesystemType, mkfsOpts) at MOUNT_POINT in the guest; prints where it is mounted",
+	flags: func(fs *flag.FlagSet, o *options) {
+		f, m := cdhFlagsOf(o), secureMountFlagsOf(o)
+		fs.StringVar(&m.volumeType, "type", "block-device", "volume type")
+		fs.Var(m.options, "option", "volume option KEY=VALUE (repeatable)")
+		fs.Var(&m.flags, "flag", "mount flag (repeatable)")
+		cdhAddrFlag(fs, f)
+	},
+	check: func(o *options) error {
+		if err := oneArg("mount point")(o); err != nil {
+			return err
+		}
+		if len(secureMountFlagsOf(o).options) == 0 {
+			return usagef("at least one --option KEY=VALUE is required")
+		}
+		return nil
+	},
+	run: cmdSecureMount,
+}
+
 // dialsCDH reports whether c talks to the CDH socket itself.
 func dialsCDH(c *command) bool {
-	return c != nil && (c.name == pullCommand.name || c.name == resourceCommand.name || c.name == unsealCommand.name)
+	return c != nil && (c.name == pullCommand.name || c.name == resourceCommand.name || c.name == unsealCommand.name || c.name == secureMountCommand.name)
+}
+
+func cmdSecureMount(ctx context.Context, a *app, o *options) error {
+	f, m := cdhFlagsOf(o), secureMountFlagsOf(o)
+	c, err := a.cdhClient(ctx, f.addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	// Opening a LUKS2 volume runs its KDF (argon2 may take seconds) and an
+	// empty one is formatted: no per-call timeout, as for pull.
+	req := &cdhpb.SecureMountRequest{VolumeType: m.volumeType, Options: m.options, Flags: m.flags, MountPoint: o.args[0]}
+	if _, err := longCall(ctx, "SecureMount", func(ctx context.Context) (*cdhpb.SecureMountResponse, error) {
+		return cdhpb.NewSecureMountServiceClient(c).SecureMount(ctx, req)
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintln(a.stdout, o.args[0])
+	return nil
 }
 
 // cdhClient dials the CDH.

@@ -226,6 +226,7 @@ var commands = []command{
 	pullCommand,
 	resourceCommand,
 	unsealCommand,
+	secureMountCommand,
 }
 
 // defaultGuestRoot is where a Kata agent keeps container state in the guest.

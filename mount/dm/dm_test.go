@@ -705,3 +705,57 @@ func TestGuestDeviceMapper(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// kernelIntegritySuperblock is the first 32 bytes of a superblock the
+// kernel (Debian 6.1) wrote for cryptsetup 2.6.1's luksFormat --integrity
+// hmac-sha256 --sector-size 4096 on a 32 MiB disk (16 MiB of LUKS2
+// header): version 4, interleave 2^15, tag 32, 1 journal section, 32240
+// data sectors, fixed padding, 4096-byte blocks.
+var kernelIntegritySuperblock = []byte{
+	'i', 'n', 't', 'e', 'g', 'r', 't', 0, 0x04, 0x0f, 0x20, 0x00, 0x01, 0x00, 0x00, 0x00,
+	0xf0, 0x7d, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x03, 0x0c, 0x00, 0x00,
+}
+
+func TestReadIntegritySuperblock(t *testing.T) {
+	at := func(b []byte, off int) *bytes.Reader {
+		img := make([]byte, off+64)
+		copy(img[off:], b)
+		return bytes.NewReader(img)
+	}
+	sb, err := ReadIntegritySuperblock(at(kernelIntegritySuperblock, 4096), 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := IntegritySuperblock{Version: 4, LogInterleaveSectors: 15, TagSize: 32, JournalSections: 1, ProvidedDataSectors: 32240, Flags: IntegrityFlagFixedPadding, LogSectorsPerBlock: 3, LogBlocksPerBitmapBit: 12}
+	if sb != want || sb.BlockSize() != 4096 {
+		t.Fatalf("got %+v (block %d), want %+v", sb, sb.BlockSize(), want)
+	}
+	mod := func(i int, v byte) []byte {
+		b := append([]byte(nil), kernelIntegritySuperblock...)
+		b[i] = v
+		return b
+	}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		is   func(error) bool
+		text string
+	}{
+		{"no magic", make([]byte, 32), errdefs.IsNotFound, "no dm-integrity superblock"},
+		{"version 0", mod(8, 0), errdefs.IsInvalidArgument, "version"},
+		{"tag size 0", mod(10, 0), errdefs.IsInvalidArgument, "tag size"},
+		{"block 2^4 sectors", mod(28, 4), errdefs.IsInvalidArgument, "sectors per block"},
+		{"no data", append(append(append([]byte(nil), kernelIntegritySuperblock[:16]...), make([]byte, 8)...), kernelIntegritySuperblock[24:]...), errdefs.IsInvalidArgument, "provided data sectors"},
+		{"data not whole blocks", mod(16, 0xf1), errdefs.IsInvalidArgument, "provided data sectors"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ReadIntegritySuperblock(at(tc.b, 0), 0)
+			if !tc.is(err) || !strings.Contains(err.Error(), tc.text) {
+				t.Fatalf("got %v, want %q", err, tc.text)
+			}
+		})
+	}
+	if _, err := ReadIntegritySuperblock(bytes.NewReader(kernelIntegritySuperblock[:20]), 0); err == nil {
+		t.Fatal("a short read was accepted")
+	}
+}

@@ -100,11 +100,18 @@ type CryptParams struct {
 }
 
 // AuthencHMACSHA256XTS is the authenticated dm-crypt cipher cryptsetup
-// loads for luksFormat --integrity hmac-sha256 with aes-xts: AES-XTS
-// encryption and an HMAC-SHA256 tag per sector over the data, the sector
-// number and a random IV (kept in the tag area). Its key is the XTS key
+// loads for luksFormat --cipher aes-xts-random --integrity hmac-sha256:
+// AES-XTS encryption and an HMAC-SHA256 tag per sector over the data, the
+// sector number and a random IV (kept in the tag area beside the HMAC, so
+// the tag is HMACSHA256TagSize+RandomIVSize bytes). Its key is the XTS key
 // (64 bytes for AES-256) followed by the HMAC key (32 bytes).
 const AuthencHMACSHA256XTS = "capi:authenc(hmac(sha256),xts(aes))-random"
+
+// AuthencHMACSHA256XTSPlain64 is the same with the sector number as the
+// IV: what cryptsetup 2.6 loads for --cipher aes-xts-plain64 --integrity
+// hmac-sha256 (guest-components' choice). No IV is stored: the tag is
+// HMACSHA256TagSize bytes.
+const AuthencHMACSHA256XTSPlain64 = "capi:authenc(hmac(sha256),xts(aes))-plain64"
 
 // Sizes for AuthencHMACSHA256XTS.
 const (
@@ -222,6 +229,10 @@ type IntegrityParams struct {
 	// BlockSize is the data block of one tag: 512 (default) to 4096, a
 	// power of two; it must equal the sector_size of the crypt target.
 	BlockSize uint32
+	// FixPadding asks for the space-efficient tag layout cryptsetup 2.3+
+	// formats with (fix_padding); an existing superblock records it
+	// (IntegrityFlagFixedPadding).
+	FixPadding bool
 }
 
 // IntegritySuperblockSize is the area at the start of a dm-integrity
@@ -231,7 +242,7 @@ type IntegrityParams struct {
 const IntegritySuperblockSize = 4096
 
 // IntegrityTarget is the table line of a dm-integrity target:
-// "<dev> <offset> <tag_size> <mode> <#opts> [block_size:<n>]".
+// "<dev> <offset> <tag_size> <mode> <#opts> [block_size:<n>] [fix_padding]".
 func IntegrityTarget(p IntegrityParams) (Target, error) {
 	if err := checkDevice("device", p.Device); err != nil {
 		return Target{}, err
@@ -260,6 +271,9 @@ func IntegrityTarget(p IntegrityParams) (Target, error) {
 		opt = append(opt, fmt.Sprintf("block_size:%d", bs))
 	default:
 		return Target{}, fmt.Errorf("block size %d: must be a power of two from 512 to 4096: %w", bs, errdefs.ErrInvalidArgument)
+	}
+	if p.FixPadding {
+		opt = append(opt, "fix_padding")
 	}
 	params := fmt.Sprintf("%s %d %d %c %d", p.Device, p.Offset, p.TagSize, mode, len(opt))
 	if len(opt) > 0 {

@@ -34,7 +34,12 @@ type FormatOptions struct {
 	DigestIterations int    // pbkdf2 iterations of the volume-key digest (default 1000, cryptsetup's floor)
 	DataOffset       uint64 // bytes; default 16 MiB
 	SectorSize       uint32 // 512 or 4096 (default)
-	Rand             io.Reader
+	// Integrity "" or IntegrityHMACSHA256 records an integrity segment as
+	// cryptsetup luksFormat --integrity hmac-sha256 does (a 96-byte volume
+	// key: XTS, then HMAC). Format writes only the LUKS2 header: the
+	// dm-integrity superblock at DataOffset is the kernel's to format.
+	Integrity string
+	Rand      io.Reader
 }
 
 const (
@@ -76,7 +81,17 @@ func Format(w io.WriterAt, passphrase []byte, opts FormatOptions) (*Volume, erro
 	if sector != 512 && sector != 4096 {
 		return nil, fmt.Errorf("sector size %d: must be 512 or 4096: %w", sector, errdefs.ErrInvalidArgument)
 	}
-	area := uint64(afSize(volumeKeySize, stripes)+areaAlign-1) / areaAlign * areaAlign
+	keySize := volumeKeySize
+	var integrity json.RawMessage
+	switch opts.Integrity {
+	case "":
+	case IntegrityHMACSHA256:
+		keySize += integrityMACKeySize
+		integrity, _ = json.Marshal(jsonIntegrity{Type: IntegrityHMACSHA256, JournalEncryption: "none", JournalIntegrity: "none"})
+	default:
+		return nil, fmt.Errorf("integrity %q: want %s or none: %w", opts.Integrity, IntegrityHMACSHA256, errdefs.ErrInvalidArgument)
+	}
+	area := uint64(afSize(keySize, stripes)+areaAlign-1) / areaAlign * areaAlign
 	if dataOffset%areaAlign != 0 || dataOffset < keyslotsOffset+area {
 		return nil, fmt.Errorf("data offset %d: must be 4096-aligned and at least %d: %w", dataOffset, keyslotsOffset+area, errdefs.ErrInvalidArgument)
 	}
@@ -103,7 +118,7 @@ func Format(w io.WriterAt, passphrase []byte, opts FormatOptions) (*Volume, erro
 		_, err := io.ReadFull(rnd, b)
 		return b, err
 	}
-	vk, err := random(volumeKeySize)
+	vk, err := random(keySize)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +156,7 @@ func Format(w io.WriterAt, passphrase []byte, opts FormatOptions) (*Volume, erro
 	if err != nil {
 		return nil, err
 	}
-	padded := make([]byte, afSize(volumeKeySize, stripes))
+	padded := make([]byte, afSize(keySize, stripes))
 	copy(padded, material)
 	for s := 0; s*sectorSize < len(padded); s++ {
 		blk := padded[s*sectorSize : (s+1)*sectorSize]
@@ -155,7 +170,7 @@ func Format(w io.WriterAt, passphrase []byte, opts FormatOptions) (*Volume, erro
 	prio := 1
 	meta := jsonMetadata{
 		Keyslots: map[string]jsonKeyslot{"0": {
-			Type: "luks2", KeySize: volumeKeySize,
+			Type: "luks2", KeySize: keySize,
 			AF:       jsonAF{Type: "luks1", Stripes: stripes, Hash: "sha256"},
 			Area:     jsonArea{Type: "raw", Offset: keyslotsOffset, Size: u64(area), Encryption: "aes-xts-plain64", KeySize: volumeKeySize},
 			KDF:      jk,
@@ -164,7 +179,7 @@ func Format(w io.WriterAt, passphrase []byte, opts FormatOptions) (*Volume, erro
 		Tokens: map[string]json.RawMessage{},
 		Segments: map[string]jsonSegment{"0": {
 			Type: "crypt", Offset: u64(dataOffset), Size: "dynamic", IVTweak: 0,
-			Encryption: "aes-xts-plain64", SectorSize: int(sector),
+			Encryption: "aes-xts-plain64", SectorSize: int(sector), Integrity: integrity,
 		}},
 		Digests: map[string]jsonDigest{"0": {
 			Type: "pbkdf2", Keyslots: []string{"0"}, Segments: []string{"0"}, Hash: "sha256",
@@ -220,5 +235,5 @@ func Format(w io.WriterAt, passphrase []byte, opts FormatOptions) (*Volume, erro
 			return nil, fmt.Errorf("clearing keyslot space: %w", err)
 		}
 	}
-	return &Volume{Cipher: "aes-xts-plain64", Key: vk, Offset: dataOffset, SectorSize: sector}, nil
+	return &Volume{Cipher: "aes-xts-plain64", Key: vk, Offset: dataOffset, SectorSize: sector, Integrity: opts.Integrity}, nil
 }

@@ -4,8 +4,12 @@
 // argon2i or argon2id; the LUKS1 anti-forensic splitter; an aes-xts-plain64
 // keyslot area) and the pbkdf2 digest that confirms a volume key. What it
 // yields is the volume key and the segment (cipher, offset, sector size) a
-// dm-crypt table needs. Tokens, reencryption, integrity segments and other
-// ciphers are refused with errdefs.ErrNotImplemented.
+// dm-crypt table needs. Segments with integrity are read too when they use
+// what cryptsetup's --integrity hmac-sha256 writes (aes-xts-plain64 or
+// aes-xts-random with "hmac(sha256)" and no journal encryption or
+// integrity); the caller builds the dm-integrity device below the
+// authenticated dm-crypt device. Tokens, reencryption, other integrity
+// types and other ciphers are refused with errdefs.ErrNotImplemented.
 package luks2
 
 import (
@@ -67,8 +71,17 @@ const (
 // the primary's size.
 var hdrSizes = []uint64{16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20}
 
-// segmentCiphers are the data ciphers Unlock accepts.
-var segmentCiphers = map[string]bool{"aes-xts-plain64": true}
+// segmentCiphers are the data ciphers Unlock accepts, and whether each
+// needs an integrity segment (aes-xts-random is only valid with one).
+var segmentCiphers = map[string]bool{"aes-xts-plain64": false, "aes-xts-random": true}
+
+// IntegrityHMACSHA256 is the one segment integrity type accepted: what
+// cryptsetup records for --integrity hmac-sha256.
+const IntegrityHMACSHA256 = "hmac(sha256)"
+
+// integrityMACKeySize is the HMAC-SHA256 key at the end of the volume key
+// of an integrity segment.
+const integrityMACKeySize = 32
 
 // ErrWrongKey is wrapped when no keyslot opens with the passphrase.
 var ErrWrongKey = errors.New("no keyslot opens with this passphrase")
@@ -189,7 +202,37 @@ type Volume struct {
 	Size       uint64 // segment size in bytes; 0 = to the end of the device
 	IVTweak    uint64 // dm-crypt iv_offset, sectors
 	SectorSize uint32
-	Integrity  string // "" unless the segment has integrity (not supported)
+	// Integrity is the segment's integrity type: "" or
+	// IntegrityHMACSHA256. With it, Key is the XTS key followed by the
+	// 32-byte HMAC key, and the data at Offset is a dm-integrity device
+	// (superblock first) whose tags dm-crypt fills.
+	Integrity string
+}
+
+type jsonIntegrity struct {
+	Type              string `json:"type"`
+	JournalEncryption string `json:"journal_encryption"`
+	JournalIntegrity  string `json:"journal_integrity"`
+}
+
+// integrity decodes a segment's integrity member: nil when absent.
+func (s jsonSegment) integrity() (*jsonIntegrity, error) {
+	if len(s.Integrity) == 0 || string(s.Integrity) == "null" {
+		return nil, nil
+	}
+	var in jsonIntegrity
+	if err := json.Unmarshal(s.Integrity, &in); err != nil {
+		return nil, invalid("segment integrity: not an object with string members")
+	}
+	if in.Type != IntegrityHMACSHA256 {
+		return nil, unsupported("segment integrity %q (only %s)", in.Type, IntegrityHMACSHA256)
+	}
+	for _, j := range []struct{ name, v string }{{"journal_encryption", in.JournalEncryption}, {"journal_integrity", in.JournalIntegrity}} {
+		if j.v != "" && j.v != "none" {
+			return nil, unsupported("segment integrity %s %q (only none)", j.name, j.v)
+		}
+	}
+	return &in, nil
 }
 
 func hashFunc(name string) (func() hash.Hash, error) {
@@ -335,9 +378,17 @@ func (h *Header) segment() (string, jsonSegment, error) {
 		}
 		// The header is not authenticated: whoever holds the disk can
 		// rewrite the cipher (to cipher_null, say) and fix the checksum.
-		// Only the cipher Cova itself would choose is accepted.
-		if !segmentCiphers[s.Encryption] {
-			return "", s, unsupported("segment cipher %q (only aes-xts-plain64 is accepted)", s.Encryption)
+		// Only the ciphers cryptsetup writes for Cova's use are accepted.
+		needsIntegrity, ok := segmentCiphers[s.Encryption]
+		if !ok {
+			return "", s, unsupported("segment cipher %q (only aes-xts-plain64, or aes-xts-random with integrity)", s.Encryption)
+		}
+		in, err := s.integrity()
+		if err != nil {
+			return "", s, err
+		}
+		if needsIntegrity && in == nil {
+			return "", s, invalid("segment cipher %s without integrity", s.Encryption)
 		}
 		return id, s, nil
 	}
@@ -411,15 +462,15 @@ func (h *Header) Unlock(ctx context.Context, passphrase []byte) (*Volume, error)
 				}
 				v.Size = n
 			}
-			if len(seg.Integrity) > 0 && string(seg.Integrity) != "null" {
-				var integ struct {
-					Type string `json:"type"`
-				}
-				_ = json.Unmarshal(seg.Integrity, &integ)
-				v.Integrity = integ.Type
-				if v.Integrity == "" {
-					v.Integrity = "unknown"
-				}
+			in, _ := seg.integrity() // checked by segment()
+			xtsKey := len(vk)
+			if in != nil {
+				v.Integrity = in.Type
+				xtsKey -= integrityMACKeySize
+			}
+			if xtsKey != 32 && xtsKey != 64 {
+				clear(vk)
+				return nil, invalid("a %d-byte volume key does not fit %s (integrity %q)", len(vk), seg.Encryption, v.Integrity)
 			}
 			switch v.SectorSize {
 			case 512, 1024, 2048, 4096:

@@ -377,14 +377,19 @@ func TestReadsCryptsetupHeaders(t *testing.T) {
 // TestCryptsetupReadsOurHeaders checks Format's output with cryptsetup.
 func TestCryptsetupReadsOurHeaders(t *testing.T) {
 	requireCryptsetup(t)
-	for name, kdf := range map[string]KDF{"pbkdf2": fastKDF, "argon2id": {Type: "argon2id", Time: 4, MemoryKiB: 1024, CPUs: 1}} {
+	for name, o := range map[string]FormatOptions{
+		"pbkdf2":    {KDF: fastKDF},
+		"argon2id":  {KDF: KDF{Type: "argon2id", Time: 4, MemoryKiB: 1024, CPUs: 1}},
+		"integrity": {KDF: fastKDF, Integrity: IntegrityHMACSHA256},
+	} {
 		t.Run(name, func(t *testing.T) {
 			img := newImageFile(t, 20<<20)
 			f, err := os.OpenFile(img, os.O_RDWR, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
-			v, err := Format(f, []byte("s3cret"), FormatOptions{KDF: kdf, Label: "cova-test"})
+			o.Label = "cova-test"
+			v, err := Format(f, []byte("s3cret"), o)
 			f.Close()
 			if err != nil {
 				t.Fatal(err)
@@ -393,7 +398,11 @@ func TestCryptsetupReadsOurHeaders(t *testing.T) {
 			if err != nil {
 				t.Fatalf("luksDump: %v\n%s", err, out)
 			}
-			for _, want := range []string{"Version:       \t2", "Label:         \tcova-test", "offset: 16777216 [bytes]", "sector: 4096 [bytes]", "cipher: aes-xts-plain64", "AF stripes: 4000"} {
+			wants := []string{"Version:       \t2", "Label:         \tcova-test", "offset: 16777216 [bytes]", "sector: 4096 [bytes]", "cipher: aes-xts-plain64", "AF stripes: 4000"}
+			if o.Integrity != "" {
+				wants = append(wants, "integrity: hmac(sha256)", "Key:        768 bits", "Cipher key: 512 bits")
+			}
+			for _, want := range wants {
 				if !strings.Contains(out, want) {
 					t.Errorf("luksDump lacks %q:\n%s", want, out)
 				}
@@ -439,5 +448,89 @@ func TestRewrittenSegmentCipherRefused(t *testing.T) {
 	}
 	if _, err := h.Unlock(context.Background(), []byte("pw")); !errors.Is(err, errdefs.ErrNotImplemented) || !strings.Contains(err.Error(), "cipher_null") {
 		t.Fatalf("null-cipher segment: %v, want refused", err)
+	}
+}
+
+// rewriteJSON edits the JSON metadata of both headers of m and fixes their
+// checksums, as a hostile host (or another LUKS2 writer) could.
+func rewriteJSON(t *testing.T, m *image, edit func(string) string) {
+	t.Helper()
+	for _, off := range []int{0, defaultHdrSize} {
+		area := m.b[off : off+defaultHdrSize]
+		js := area[binHeaderSize:]
+		text := edit(cString(js))
+		if len(text) >= len(js) {
+			t.Fatalf("edited JSON of %d bytes does not fit", len(text))
+		}
+		clear(js)
+		copy(js, text)
+		clear(area[offCsum : offCsum+csumLen])
+		sum := sha256.Sum256(area)
+		copy(area[offCsum:], sum[:])
+	}
+}
+
+// TestIntegritySegments: segments with integrity as cryptsetup writes them
+// for --integrity hmac-sha256 unlock (with a 96-byte key: XTS then HMAC);
+// other integrity types, journal options and ciphers are refused.
+func TestIntegritySegments(t *testing.T) {
+	const cryptsetupIntegrity = `"integrity":{"type":"hmac(sha256)","journal_encryption":"none","journal_integrity":"none"}`
+	tests := []struct {
+		name      string
+		edit      func(string) string
+		wantErr   func(error) bool
+		text      string
+		wantCiph  string
+		integrity string
+	}{
+		{"as formatted", nil, nil, "", "aes-xts-plain64", IntegrityHMACSHA256},
+		{"aes-xts-random", func(s string) string {
+			return strings.Replace(s, `"encryption":"aes-xts-plain64","sector_size"`, `"encryption":"aes-xts-random","sector_size"`, 1)
+		}, nil, "", "aes-xts-random", IntegrityHMACSHA256},
+		{"aead type", func(s string) string { return strings.Replace(s, `"type":"hmac(sha256)"`, `"type":"aead"`, 1) }, errdefs.IsNotImplemented, `integrity "aead"`, "", ""},
+		{"journal encryption", func(s string) string {
+			return strings.Replace(s, `"journal_encryption":"none"`, `"journal_encryption":"ctr(aes)"`, 1)
+		}, errdefs.IsNotImplemented, "journal_encryption", "", ""},
+		{"integrity not an object", func(s string) string { return strings.Replace(s, cryptsetupIntegrity, `"integrity":"hmac(sha256)"`, 1) }, errdefs.IsInvalidArgument, "segment integrity", "", ""},
+		{"random IV without integrity", func(s string) string {
+			s = strings.Replace(s, ","+cryptsetupIntegrity, "", 1)
+			return strings.Replace(s, `"encryption":"aes-xts-plain64","sector_size"`, `"encryption":"aes-xts-random","sector_size"`, 1)
+		}, errdefs.IsInvalidArgument, "without integrity", "", ""},
+		{"integrity dropped", func(s string) string { return strings.Replace(s, ","+cryptsetupIntegrity, "", 1) }, errdefs.IsInvalidArgument, "96-byte volume key", "", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := &image{}
+			v, err := Format(m, []byte("pw"), FormatOptions{KDF: fastKDF, Integrity: IntegrityHMACSHA256})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(v.Key) != 96 || !strings.Contains(string(m.b[binHeaderSize:defaultHdrSize]), cryptsetupIntegrity) {
+				t.Fatalf("formatted key %d bytes; JSON lacks %s", len(v.Key), cryptsetupIntegrity)
+			}
+			if tc.edit != nil {
+				rewriteJSON(t, m, tc.edit)
+			}
+			h, err := ReadHeader(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := h.Unlock(context.Background(), []byte("pw"))
+			if tc.wantErr != nil {
+				if !tc.wantErr(err) || !strings.Contains(err.Error(), tc.text) {
+					t.Fatalf("got %v, want an error with %q", err, tc.text)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got.Key, v.Key) || got.Cipher != tc.wantCiph || got.Integrity != tc.integrity {
+				t.Fatalf("unlocked cipher %q integrity %q key equal %v", got.Cipher, got.Integrity, bytes.Equal(got.Key, v.Key))
+			}
+		})
+	}
+	if _, err := Format(&image{}, []byte("pw"), FormatOptions{KDF: fastKDF, Integrity: "aead"}); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("Format with integrity aead: %v", err)
 	}
 }
