@@ -13,8 +13,8 @@
 //
 // Provider names follow guest-components' confidential-data-hub/kms:
 // "kbs" (vault only there; Cova also unwraps envelope keys with a KEK held by
-// the KBS), "aws" (package cdh/kms/aws), "aliyun" and "ehsm" (not
-// implemented). A Providers registry maps names, matched ASCII
+// the KBS), "aws" (package cdh/kms/aws), "aliyun" (cdh/kms/aliyun) and
+// "ehsm" (cdh/kms/ehsm). A Providers registry maps names, matched ASCII
 // case-insensitively as the reference does, to implementations; an unknown
 // name is an error wrapping errdefs.ErrNotImplemented that names it.
 //

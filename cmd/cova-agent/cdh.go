@@ -16,7 +16,9 @@ import (
 	cdhapi "github.com/cova-project/cova/cdh/api"
 	"github.com/cova-project/cova/cdh/kbs"
 	"github.com/cova-project/cova/cdh/kms"
+	"github.com/cova-project/cova/cdh/kms/aliyun"
 	"github.com/cova-project/cova/cdh/kms/aws"
+	"github.com/cova-project/cova/cdh/kms/ehsm"
 	cdhrest "github.com/cova-project/cova/cdh/rest"
 	"github.com/cova-project/cova/cdh/sealed"
 	"github.com/cova-project/cova/imagepull"
@@ -79,9 +81,9 @@ type cdhDeps struct {
 }
 
 // newUnsealer builds the sealed-secret unsealer: signatures verified unless
-// measured cdh.toml says otherwise, envelope DEKs from the KBS or AWS KMS
-// (whose credentials the [[credentials]] fetch delivers; unsealing waits
-// for that fetch). credRoot is where credentials land.
+// measured cdh.toml says otherwise, envelope DEKs from the KBS or the aws,
+// aliyun or ehsm KMS (whose credentials the [[credentials]] fetch delivers;
+// unsealing waits for that fetch). credRoot is where credentials land.
 func newUnsealer(ctx context.Context, log *slog.Logger, cs cdhSettings, resources imagepull.ResourceGetter, credRoot string) func(context.Context, string) ([]byte, error) {
 	if resources == nil {
 		return nil
@@ -95,6 +97,24 @@ func newUnsealer(ctx context.Context, log *slog.Logger, cs cdhSettings, resource
 		providers[kms.ProviderAWS] = awsKMS
 	} else {
 		log.Warn("aws KMS provider unavailable", "err", err)
+	}
+	aliyunKMS, err := aliyun.New(aliyun.Config{
+		Credentials: aliyun.FileCredentials{Dir: filepath.Join(credRoot, "kms-credential", "aliyun"), Root: credRoot},
+		Logger:      log.With("component", "kms-aliyun"),
+	})
+	if err == nil {
+		providers[kms.ProviderAliyun] = aliyunKMS
+	} else {
+		log.Warn("aliyun KMS provider unavailable", "err", err)
+	}
+	ehsmKMS, err := ehsm.New(ehsm.Config{
+		Credentials: ehsm.CredentialDir(filepath.Join(credRoot, "kms-credential", "ehsm")),
+		Logger:      log.With("component", "kms-ehsm"),
+	})
+	if err == nil {
+		providers[kms.ProviderEHSM] = ehsmKMS
+	} else {
+		log.Warn("ehsm KMS provider unavailable", "err", err)
 	}
 	if cs.SkipSealedSecretVerification {
 		log.Warn("sealed secret signatures are NOT verified (skip_sealed_secret_verification in measured cdh.toml)")
