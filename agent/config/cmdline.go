@@ -271,6 +271,10 @@ var cmdlineKeys = map[string]cmdHandler{
 		return nil
 	}},
 
+	// Read by guest-components, not by the agent's configuration: see
+	// ParseGuestComponents. Accepted here so it is not "unknown".
+	"aa_kbc_params": {set: func(*cmdParser, string, string) error { return nil }},
+
 	"config_file": {set: func(p *cmdParser, key, v string) error {
 		if p.cfg.ConfigFile != "" {
 			// kata-agent acts on the first one.
@@ -430,7 +434,7 @@ func ParseCmdline(cmdline string) (Config, []Warning, error) {
 		if err := h.set(p, key, val); err != nil {
 			return Config{}, nil, fmt.Errorf("%s: invalid value %s: %w", key, shown(), err)
 		}
-		if key != agentPrefix+"config_file" {
+		if key != agentPrefix+"config_file" && key != KeyAAKBCParams {
 			ignorable = append(ignorable, key)
 		}
 	}

@@ -25,10 +25,9 @@ import (
 	"github.com/cova-project/cova/imagepull/ocicrypt"
 )
 
-// cdhSettings is the part of cdh.toml the embedded CDH reads. It comes only
-// from initdata (measured); the host's kernel command line fallbacks of the
-// reference (agent.aa_kbc_params, cdh.kbs_resources) are not honoured: the
-// host would pick the KBS or where credentials land.
+// cdhSettings is the part of cdh.toml the embedded CDH reads: from initdata
+// (measured), or, in a guest without initdata, the reference's kernel
+// command line fallbacks (kbcFallback).
 type cdhSettings struct {
 	Socket string `toml:"socket"`
 	KBC    struct {

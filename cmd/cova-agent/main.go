@@ -276,6 +276,10 @@ func run(start time.Time) error {
 	if err != nil {
 		return fmt.Errorf("initdata: %w", err)
 	}
+	if vm {
+		cmdline, _ := os.ReadFile(config.DefaultCmdlinePath)
+		kbcFallback(base, string(cmdline), os.Getenv, initdataTOML != nil, &aaOpts.Config, &cdhSet)
+	}
 	if kc, err := newKBSClient(base, aaOpts.Config, cdhSet, primary, additional, initdataTOML); err != nil {
 		return err
 	} else if kc != nil {

@@ -123,6 +123,9 @@ type Options struct {
 	ClockSkew time.Duration
 	// Logger receives one line per refused request; discarded when nil.
 	Logger *slog.Logger
+	// PlainHTTP serves http:// instead of https:// (for clients configured
+	// without a CA, such as a guest whose KBS comes from agent.aa_kbc_params).
+	PlainHTTP bool
 }
 
 // Stats counts what the server saw.
@@ -194,6 +197,13 @@ func StartTB(tb TB, o Options) *Server {
 	return s
 }
 
+func scheme(plain bool) string {
+	if plain {
+		return "http://"
+	}
+	return "https://"
+}
+
 // Start listens on o.Addr with a fresh self-signed certificate and serves
 // until ctx is done or Close is called.
 func Start(ctx context.Context, o Options) (*Server, error) {
@@ -232,7 +242,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	s := &Server{
 		opts:      o,
 		log:       lg,
-		url:       "https://" + ln.Addr().String(),
+		url:       scheme(o.PlainHTTP) + ln.Addr().String(),
 		caPEM:     caPEM,
 		tokenKey:  tokenKey,
 		done:      make(chan struct{}),
@@ -257,6 +267,10 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		ConnState:         s.trackConn,
 	}
 	go func() {
+		if o.PlainHTTP {
+			_ = s.srv.Serve(s.ln)
+			return
+		}
 		_ = s.srv.ServeTLS(s.ln, "", "")
 	}()
 	go func() {

@@ -30,7 +30,6 @@ import (
 	"github.com/cova-project/cova/imagepull/ocicrypt"
 	"github.com/cova-project/cova/imagepull/ocicrypt/ocicrypttest"
 	pb "github.com/cova-project/cova/protocols/grpc"
-	"github.com/cova-project/cova/protocols/types"
 	"github.com/cova-project/cova/test/kbs"
 	"github.com/cova-project/cova/test/regtest"
 )
@@ -170,17 +169,7 @@ func TestDemo(t *testing.T) {
 	step(t3, "VM booted (TCG, vTPM), initdata bound to PCR 8, agent answers Check (%.0f ms)", tm.agentMS)
 
 	t4 := time.Now()
-	if _, err := a.UpdateInterface(ctx, &pb.UpdateInterfaceRequest{Interface: &types.Interface{
-		HwAddr: GuestMAC, Name: "eth0", Mtu: 1500,
-		IPAddresses: []*types.IPAddress{{Family: types.IPFamily_v4, Address: "10.0.2.15", Mask: "24"}},
-	}}); err != nil {
-		t.Fatalf("UpdateInterface: %v", err)
-	}
-	if _, err := a.UpdateRoutes(ctx, &pb.UpdateRoutesRequest{Routes: &pb.Routes{Routes: []*types.Route{
-		{Dest: "0.0.0.0/0", Gateway: "10.0.2.2", Device: "eth0", Family: types.IPFamily_v4},
-	}}}); err != nil {
-		t.Fatalf("UpdateRoutes: %v", err)
-	}
+	guestNetwork(ctx, t, a)
 	const sid = "demo"
 	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: sid, Hostname: "cova-demo"}); err != nil {
 		t.Fatalf("CreateSandbox: %v", err)

@@ -20,7 +20,6 @@ import (
 	"github.com/cova-project/cova/agent/ocispec"
 	"github.com/cova-project/cova/cdh/sealed/sealedtest"
 	pb "github.com/cova-project/cova/protocols/grpc"
-	"github.com/cova-project/cova/protocols/types"
 	"github.com/cova-project/cova/rootfs/refvalues"
 	"github.com/cova-project/cova/test/kbs"
 )
@@ -330,17 +329,7 @@ url = %q
 	m.booted = time.Since(m.v.Started)
 	t.Logf("OVMF boot: %v", tm)
 
-	if _, err := m.a.UpdateInterface(ctx, &pb.UpdateInterfaceRequest{Interface: &types.Interface{
-		HwAddr: GuestMAC, Name: "eth0", Mtu: 1500,
-		IPAddresses: []*types.IPAddress{{Family: types.IPFamily_v4, Address: "10.0.2.15", Mask: "24"}},
-	}}); err != nil {
-		t.Fatalf("UpdateInterface: %v", err)
-	}
-	if _, err := m.a.UpdateRoutes(ctx, &pb.UpdateRoutesRequest{Routes: &pb.Routes{Routes: []*types.Route{
-		{Dest: "0.0.0.0/0", Gateway: "10.0.2.2", Device: "eth0", Family: types.IPFamily_v4},
-	}}}); err != nil {
-		t.Fatalf("UpdateRoutes: %v", err)
-	}
+	guestNetwork(ctx, t, m.a)
 	if _, err := m.a.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: m.sid, Hostname: "cova"}); err != nil {
 		t.Fatalf("CreateSandbox: %v", err)
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/cova-project/cova/agent/ocispec"
 	"github.com/cova-project/cova/agent/policy"
 	pb "github.com/cova-project/cova/protocols/grpc"
-	"github.com/cova-project/cova/protocols/types"
 	"github.com/cova-project/cova/test/regtest"
 )
 
@@ -61,17 +60,7 @@ func TestGuestPullFromHostRegistry(t *testing.T) {
 	t.Logf("boot: %v", tm)
 
 	// The shim's network setup: NIC by MAC, address, default route.
-	if _, err := a.UpdateInterface(ctx, &pb.UpdateInterfaceRequest{Interface: &types.Interface{
-		HwAddr: GuestMAC, Name: "eth0", Mtu: 1500,
-		IPAddresses: []*types.IPAddress{{Family: types.IPFamily_v4, Address: "10.0.2.15", Mask: "24"}},
-	}}); err != nil {
-		t.Fatalf("UpdateInterface: %v", err)
-	}
-	if _, err := a.UpdateRoutes(ctx, &pb.UpdateRoutesRequest{Routes: &pb.Routes{Routes: []*types.Route{
-		{Dest: "0.0.0.0/0", Gateway: "10.0.2.2", Device: "eth0", Family: types.IPFamily_v4},
-	}}}); err != nil {
-		t.Fatalf("UpdateRoutes: %v", err)
-	}
+	guestNetwork(ctx, t, a)
 
 	const sid = "sandbox-pull"
 	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: sid, Hostname: "cova"}); err != nil {
@@ -110,16 +99,7 @@ func TestGuestPullRefusedBySignaturePolicy(t *testing.T) {
 	defer cancel()
 	v := bootConfig(t, Config{Kernel: e.kernel.Image, Initrd: e.initrd, Append: e.cmdline(), Dir: vmDir(t), Disks: []Disk{disk}, Net: true})
 	a, _ := connect(ctx, t, v)
-	if _, err := a.UpdateInterface(ctx, &pb.UpdateInterfaceRequest{Interface: &types.Interface{
-		HwAddr: GuestMAC, Name: "eth0", IPAddresses: []*types.IPAddress{{Family: types.IPFamily_v4, Address: "10.0.2.15", Mask: "24"}},
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.UpdateRoutes(ctx, &pb.UpdateRoutesRequest{Routes: &pb.Routes{Routes: []*types.Route{
-		{Dest: "0.0.0.0/0", Gateway: "10.0.2.2", Device: "eth0", Family: types.IPFamily_v4},
-	}}}); err != nil {
-		t.Fatal(err)
-	}
+	guestNetwork(ctx, t, a)
 	const sid = "sandbox-reject"
 	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: sid}); err != nil {
 		t.Fatal(err)

@@ -15,7 +15,6 @@ import (
 	"github.com/cova-project/cova/agent/ocispec"
 
 	pb "github.com/cova-project/cova/protocols/grpc"
-	"github.com/cova-project/cova/protocols/types"
 )
 
 // TestTrustedImageStore: the host offers a blank disk as Kata's
@@ -47,17 +46,7 @@ func TestTrustedImageStore(t *testing.T) {
 	})
 	a, tm := connect(ctx, t, v)
 	t.Logf("boot: %v", tm)
-	if _, err := a.UpdateInterface(ctx, &pb.UpdateInterfaceRequest{Interface: &types.Interface{
-		HwAddr: GuestMAC, Name: "eth0", Mtu: 1500,
-		IPAddresses: []*types.IPAddress{{Family: types.IPFamily_v4, Address: "10.0.2.15", Mask: "24"}},
-	}}); err != nil {
-		t.Fatalf("UpdateInterface: %v", err)
-	}
-	if _, err := a.UpdateRoutes(ctx, &pb.UpdateRoutesRequest{Routes: &pb.Routes{Routes: []*types.Route{
-		{Dest: "0.0.0.0/0", Gateway: "10.0.2.2", Device: "eth0", Family: types.IPFamily_v4},
-	}}}); err != nil {
-		t.Fatalf("UpdateRoutes: %v", err)
-	}
+	guestNetwork(ctx, t, a)
 	const sid = "sandbox-trusted"
 	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: sid, Hostname: "cova"}); err != nil {
 		t.Fatalf("CreateSandbox: %v", err)

@@ -19,7 +19,6 @@ import (
 	"github.com/cova-project/cova/agent/ocispec"
 	"github.com/cova-project/cova/agent/policy"
 	pb "github.com/cova-project/cova/protocols/grpc"
-	"github.com/cova-project/cova/protocols/types"
 	"github.com/cova-project/cova/rootfs"
 	"github.com/cova-project/cova/test/testutil"
 )
@@ -488,17 +487,7 @@ func TestCocoDefaultPolicy(t *testing.T) {
 	v := bootConfig(t, Config{Kernel: e.kernel.Image, Initrd: e.initrdCoco, Append: e.cmdline(), Dir: vmDir(t), Disks: []Disk{disk}, Net: true})
 	a, tm := connect(ctx, t, v)
 	t.Logf("boot: %v", tm)
-	if _, err := a.UpdateInterface(ctx, &pb.UpdateInterfaceRequest{Interface: &types.Interface{
-		HwAddr: GuestMAC, Name: "eth0", Mtu: 1500,
-		IPAddresses: []*types.IPAddress{{Family: types.IPFamily_v4, Address: "10.0.2.15", Mask: "24"}},
-	}}); err != nil {
-		t.Fatalf("UpdateInterface: %v", err)
-	}
-	if _, err := a.UpdateRoutes(ctx, &pb.UpdateRoutesRequest{Routes: &pb.Routes{Routes: []*types.Route{
-		{Dest: "0.0.0.0/0", Gateway: "10.0.2.2", Device: "eth0", Family: types.IPFamily_v4},
-	}}}); err != nil {
-		t.Fatalf("UpdateRoutes: %v", err)
-	}
+	guestNetwork(ctx, t, a)
 	const sid = "sandbox-coco"
 	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: sid, Hostname: "cova"}); err != nil {
 		t.Fatalf("CreateSandbox: %v", err)
