@@ -28,12 +28,16 @@ type cdhFlags struct {
 	addr   string
 	bundle string
 	out    string
+	// secure-mount
+	volumeType string
+	options    keyValues
+	flags      stringList
 }
 
 var cdhFlagsByOpts sync.Map // *options -> *cdhFlags
 
 func cdhFlagsOf(o *options) *cdhFlags {
-	v, _ := cdhFlagsByOpts.LoadOrStore(o, &cdhFlags{})
+	v, _ := cdhFlagsByOpts.LoadOrStore(o, &cdhFlags{options: keyValues{}})
 	return v.(*cdhFlags)
 }
 
@@ -94,20 +98,6 @@ var unsealCommand = command{
 	run:   cmdUnseal,
 }
 
-// secureMountFlags are secure-mount's own flags.
-type secureMountFlags struct {
-	volumeType string
-	options    keyValues
-	flags      stringList
-}
-
-var secureMountFlagsByOpts sync.Map // *options -> *secureMountFlags
-
-func secureMountFlagsOf(o *options) *secureMountFlags {
-	v, _ := secureMountFlagsByOpts.LoadOrStore(o, &secureMountFlags{options: keyValues{}})
-	return v.(*secureMountFlags)
-}
-
 // keyValues is a repeatable KEY=VALUE flag.
 type keyValues map[string]string
 
@@ -138,17 +128,17 @@ var secureMountCommand = command{
 		"sourceType=empty|encrypted, encryptionType=luks2, key=sealed.…|kbs:///…|file:///…, dataIntegrity, mapperName,\n" +
 		"targetType, filesystemType, mkfsOpts) at MOUNT_POINT in the guest; prints where it is mounted",
 	flags: func(fs *flag.FlagSet, o *options) {
-		f, m := cdhFlagsOf(o), secureMountFlagsOf(o)
+		m := cdhFlagsOf(o)
 		fs.StringVar(&m.volumeType, "type", "block-device", "volume type")
 		fs.Var(m.options, "option", "volume option KEY=VALUE (repeatable)")
 		fs.Var(&m.flags, "flag", "mount flag (repeatable)")
-		cdhAddrFlag(fs, f)
+		cdhAddrFlag(fs, m)
 	},
 	check: func(o *options) error {
 		if err := oneArg("mount point")(o); err != nil {
 			return err
 		}
-		if len(secureMountFlagsOf(o).options) == 0 {
+		if len(cdhFlagsOf(o).options) == 0 {
 			return usagef("at least one --option KEY=VALUE is required")
 		}
 		return nil
@@ -162,8 +152,8 @@ func dialsCDH(c *command) bool {
 }
 
 func cmdSecureMount(ctx context.Context, a *app, o *options) error {
-	f, m := cdhFlagsOf(o), secureMountFlagsOf(o)
-	c, err := a.cdhClient(ctx, f.addr)
+	m := cdhFlagsOf(o)
+	c, err := a.cdhClient(ctx, m.addr)
 	if err != nil {
 		return err
 	}

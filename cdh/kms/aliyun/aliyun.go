@@ -106,7 +106,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -194,15 +193,15 @@ func New(cfg Config) (*Provider, error) {
 		p.timeout = DefaultTimeout
 	}
 	var err error
-	if p.instanceEP, err = parseEndpoint("InstanceEndpoint", cfg.InstanceEndpoint); err != nil {
+	if p.instanceEP, err = kms.ParseEndpoint("aliyun", "InstanceEndpoint", cfg.InstanceEndpoint); err != nil {
 		return nil, err
 	}
-	if p.kmsEP, err = parseEndpoint("KMSEndpoint", cfg.KMSEndpoint); err != nil {
+	if p.kmsEP, err = kms.ParseEndpoint("aliyun", "KMSEndpoint", cfg.KMSEndpoint); err != nil {
 		return nil, err
 	}
 	if cfg.MetadataEndpoint == "" {
 		p.metadataEP, _ = url.Parse(DefaultMetadataEndpoint + "/")
-	} else if p.metadataEP, err = parseEndpoint("MetadataEndpoint", cfg.MetadataEndpoint); err != nil {
+	} else if p.metadataEP, err = kms.ParseEndpoint("aliyun", "MetadataEndpoint", cfg.MetadataEndpoint); err != nil {
 		return nil, err
 	}
 	if cfg.ExtraRootCAs != "" {
@@ -246,28 +245,6 @@ func (p *Provider) instanceClient(caPEM []byte, instanceID string) (*http.Client
 	}
 	pool.AppendCertsFromPEM(p.extraCAs)
 	return p.httpClient(pool, true), nil
-}
-
-func parseEndpoint(field, s string) (*url.URL, error) {
-	if s == "" {
-		return nil, nil
-	}
-	u, err := url.Parse(s)
-	if err != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/") {
-		return nil, fmt.Errorf("aliyun: %s %q: want https://host[:port]: %w", field, kms.Clip(s), errdefs.ErrInvalidArgument)
-	}
-	switch u.Scheme {
-	case "https":
-	case "http":
-		ip := net.ParseIP(u.Hostname())
-		if u.Hostname() != "localhost" && (ip == nil || !ip.IsLoopback()) {
-			return nil, fmt.Errorf("aliyun: %s %q: plain http only for loopback: %w", field, kms.Clip(s), errdefs.ErrInvalidArgument)
-		}
-	default:
-		return nil, fmt.Errorf("aliyun: %s %q: want https://host[:port]: %w", field, kms.Clip(s), errdefs.ErrInvalidArgument)
-	}
-	u.Path = "/"
-	return u, nil
 }
 
 // settings are the members of the reference's provider settings for all

@@ -2,8 +2,6 @@ package aliyun
 
 import (
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -24,6 +22,7 @@ import (
 
 	"github.com/cova-project/cova/cdh/kms"
 	"github.com/cova-project/cova/cdh/sealed"
+	"github.com/cova-project/cova/cdh/sealed/sealedtest"
 )
 
 // Secret material no error may contain.
@@ -486,37 +485,6 @@ func TestConfig(t *testing.T) {
 	}
 }
 
-// sealEnvelope builds an unsigned envelope sealed secret whose data key is
-// wrapped by wrap.
-func sealEnvelope(t *testing.T, provider, keyID, wrapType string, plaintext []byte, settings, annotations map[string]any, wrap func(dek []byte) []byte) string {
-	t.Helper()
-	dek := make([]byte, 32)
-	rand.Read(dek)
-	block, _ := aes.NewCipher(dek)
-	var iv, data []byte
-	if wrapType == sealed.WrapA256CTR {
-		iv = make([]byte, 16)
-		rand.Read(iv)
-		data = make([]byte, len(plaintext))
-		cipher.NewCTR(block, iv).XORKeyStream(data, plaintext)
-	} else {
-		iv = make([]byte, 12)
-		rand.Read(iv)
-		g, _ := cipher.NewGCM(block)
-		data = g.Seal(nil, iv, plaintext, nil)
-	}
-	std := base64.StdEncoding.EncodeToString
-	p, err := json.Marshal(map[string]any{
-		"version": "0.1.0", "type": "envelope", "provider": provider, "key_id": keyID,
-		"encrypted_key": std(wrap(dek)), "encrypted_data": std(data), "wrap_type": wrapType, "iv": std(iv),
-		"provider_settings": settings, "annotations": annotations,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return "sealed.fakejwsheader." + base64.RawURLEncoding.EncodeToString(p) + ".fakesignature"
-}
-
 // TestUnsealThroughAliyun unseals envelope and vault secrets end to end:
 // sealed.Unsealer → kms.Providers → aliyun → the signing fake.
 func TestUnsealThroughAliyun(t *testing.T) {
@@ -526,7 +494,7 @@ func TestUnsealThroughAliyun(t *testing.T) {
 	u := sealed.New(nil, sealed.WithSkipVerification(true), sealed.WithProviders(kms.Providers{kms.ProviderAliyun: p}))
 	for _, wrap := range []string{sealed.WrapA256GCM, sealed.WrapA256CTR} {
 		t.Run(wrap, func(t *testing.T) {
-			s := sealEnvelope(t, "aliyun", "key-1", wrap, []byte(marker), instanceSettings(), ivAnn(),
+			s := sealedtest.Envelope(t, "aliyun", "key-1", wrap, []byte(marker), instanceSettings(), ivAnn(),
 				func(dek []byte) []byte { return f.seal("key-1", testIV, dek) })
 			got, err := u.Unseal(context.Background(), s)
 			if err != nil || string(got) != marker {
@@ -535,7 +503,7 @@ func TestUnsealThroughAliyun(t *testing.T) {
 		})
 	}
 	t.Run("wrong key", func(t *testing.T) {
-		s := sealEnvelope(t, "Aliyun", "key-1", sealed.WrapA256GCM, []byte(marker), instanceSettings(), ivAnn(),
+		s := sealedtest.Envelope(t, "Aliyun", "key-1", sealed.WrapA256GCM, []byte(marker), instanceSettings(), ivAnn(),
 			func(dek []byte) []byte { return f.seal("key-2", testIV, dek) })
 		_, err := u.Unseal(context.Background(), s)
 		wantErr(t, err, errdefs.IsNotFound, "Forbidden.KeyNotFound", `"Aliyun"`)

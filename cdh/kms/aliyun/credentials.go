@@ -9,9 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
-	"os"
 	"regexp"
 	"strings"
 	"unicode"
@@ -34,9 +31,6 @@ import (
 // Cova does not honour ALIYUN_IN_GUEST_KEY_PATH: the agent's environment
 // comes from the host-controlled kernel command line.
 const DefaultCredentialDir = kms.DefaultKMSCredentialDir + "/aliyun"
-
-// maxCredentialFile bounds every credential file.
-const maxCredentialFile = 64 << 10
 
 // ClientKey is a KMS instance application access point's client key: its
 // id (sent as x-kms-acccesskeyid) and RSA private key (signs requests).
@@ -115,12 +109,12 @@ func (c FileCredentials) ClientKey(_ context.Context, clientKeyID string) (*Clie
 		return nil, fmt.Errorf("aliyun: provider_settings.client_key_id %q: want letters, digits, '.', '_' or '-': %w", kms.Clip(clientKeyID), errdefs.ErrInvalidArgument)
 	}
 	keyName := "clientKey_" + clientKeyID + ".json"
-	raw, err := readConfined(c.dir(), keyName)
+	raw, err := kms.ReadCredentialFile("aliyun", c.dir(), keyName)
 	if err != nil {
 		return nil, err
 	}
 	defer clear(raw)
-	pw, err := readConfined(c.dir(), "password_"+clientKeyID+".json")
+	pw, err := kms.ReadCredentialFile("aliyun", c.dir(), "password_"+clientKeyID+".json")
 	if err != nil {
 		return nil, err
 	}
@@ -137,12 +131,12 @@ func (c FileCredentials) InstanceCA(_ context.Context, instanceID string) ([]byt
 	if !idRE.MatchString(instanceID) {
 		return nil, fmt.Errorf("aliyun: provider_settings.kms_instance_id %q: want a KMS instance id: %w", kms.Clip(instanceID), errdefs.ErrInvalidArgument)
 	}
-	return readConfined(c.dir(), "PrivateKmsCA_"+instanceID+".pem")
+	return kms.ReadCredentialFile("aliyun", c.dir(), "PrivateKmsCA_"+instanceID+".pem")
 }
 
 // ECSRAMRole reads ecsRamRole.json.
 func (c FileCredentials) ECSRAMRole(context.Context) (ECSRAMRole, error) {
-	raw, err := readConfined(c.dir(), "ecsRamRole.json")
+	raw, err := kms.ReadCredentialFile("aliyun", c.dir(), "ecsRamRole.json")
 	if err != nil {
 		return ECSRAMRole{}, err
 	}
@@ -159,47 +153,12 @@ func (c FileCredentials) STSToken(_ context.Context, tokenPath string) (STSCrede
 	if root == "" {
 		root = kms.DefaultCredentialRoot
 	}
-	raw, err := readConfined(root, rel)
+	raw, err := kms.ReadCredentialFile("aliyun", root, rel)
 	if err != nil {
 		return STSCredential{}, err
 	}
 	defer clear(raw)
 	return ParseSTSToken(raw)
-}
-
-// readConfined reads name (slash-separated, relative) below dir, refusing
-// to leave dir through symlinks, bounded by maxCredentialFile. Errors name
-// the file, never its content.
-func readConfined(dir, name string) ([]byte, error) {
-	missing := func() error {
-		return fmt.Errorf("aliyun credential file %s in %s is missing (deliver it with cdh.toml [[credentials]]): %w", name, dir, errdefs.ErrFailedPrecondition)
-	}
-	r, err := os.OpenRoot(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, missing()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("opening aliyun credential directory %s: %w", dir, err)
-	}
-	defer r.Close()
-	f, err := r.Open(name)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, missing()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("opening aliyun credential file %s in %s: %w", name, dir, err)
-	}
-	defer f.Close()
-	raw, err := io.ReadAll(io.LimitReader(f, maxCredentialFile+1))
-	if err != nil {
-		clear(raw)
-		return nil, fmt.Errorf("reading aliyun credential file %s in %s: %w", name, dir, err)
-	}
-	if len(raw) > maxCredentialFile {
-		clear(raw)
-		return nil, fmt.Errorf("aliyun credential file %s in %s: larger than %d bytes: %w", name, dir, maxCredentialFile, errdefs.ErrInvalidArgument)
-	}
-	return raw, nil
 }
 
 // ParseClientKey decodes a clientKey_<id>.json file with the content of
@@ -222,7 +181,7 @@ func ParseClientKey(clientKeyJSON, password []byte) (*ClientKey, error) {
 	if ck.KeyID == nil || *ck.KeyID == "" {
 		return nil, fmt.Errorf("client key: KeyId missing: %w", errdefs.ErrInvalidArgument)
 	}
-	if !headerSafe(*ck.KeyID) || len(*ck.KeyID) > 256 {
+	if !kms.Token(*ck.KeyID) || len(*ck.KeyID) > 256 {
 		return nil, fmt.Errorf("client key: KeyId has characters not allowed in a header: %w", errdefs.ErrInvalidArgument)
 	}
 	if ck.PrivateKeyData == nil || *ck.PrivateKeyData == "" {
@@ -328,19 +287,9 @@ func (c STSCredential) validate() error {
 	if c.AccessKeyID == "" || c.AccessKeySecret == "" || c.SecurityToken == "" {
 		return fmt.Errorf("access key id, secret and security token must be non-empty: %w", errdefs.ErrInvalidArgument)
 	}
-	if !headerSafe(c.AccessKeyID) || !headerSafe(c.AccessKeySecret) || !headerSafe(c.SecurityToken) ||
+	if !kms.Token(c.AccessKeyID) || !kms.Token(c.AccessKeySecret) || !kms.Token(c.SecurityToken) ||
 		len(c.AccessKeyID) > 256 || len(c.SecurityToken) > 16<<10 {
 		return fmt.Errorf("access key id, secret or security token has characters not allowed: %w", errdefs.ErrInvalidArgument)
 	}
 	return nil
-}
-
-// headerSafe reports whether s is printable ASCII without spaces.
-func headerSafe(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] <= 0x20 || s[i] >= 0x7f {
-			return false
-		}
-	}
-	return true
 }

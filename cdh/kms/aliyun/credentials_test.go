@@ -133,7 +133,9 @@ func TestFileCredentials(t *testing.T) {
 			class: errdefs.IsFailedPrecondition, inErr: []string{"PrivateKmsCA_" + testInstance + ".pem"}},
 		{name: "wrong password", setup: func(dir string) { write(dir, "password_"+testClientKeyID+".json", []byte("wrong")) },
 			class: errdefs.IsPermissionDenied, inErr: []string{"clientKey_" + testClientKeyID + ".json", "password"}},
-		{name: "oversize client key", setup: func(dir string) { write(dir, "clientKey_"+testClientKeyID+".json", make([]byte, maxCredentialFile+1)) },
+		{name: "oversize client key", setup: func(dir string) {
+			write(dir, "clientKey_"+testClientKeyID+".json", make([]byte, kms.MaxCredentialFile+1))
+		},
 			class: errdefs.IsInvalidArgument, inErr: []string{"larger than"}},
 		{name: "symlink out of the directory", setup: func(dir string) {
 			outside := filepath.Join(t.TempDir(), "pw")

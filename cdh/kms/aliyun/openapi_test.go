@@ -94,7 +94,7 @@ func TestOpenAPIGetSecret(t *testing.T) {
 	}
 	t.Run("transport error names no signed query", func(t *testing.T) {
 		p := newP(t, okMeta, testCreds{role: role})
-		p.kmsEP, _ = parseEndpoint("KMSEndpoint", "http://127.0.0.1:1")
+		p.kmsEP, _ = kms.ParseEndpoint("aliyun", "KMSEndpoint", "http://127.0.0.1:1")
 		g, _ := p.SecretGetter(context.Background(), raw(t, ecs))
 		_, err := g.GetSecret(context.Background(), "db", nil)
 		wantErr(t, err, errdefs.IsUnavailable, "connection refused")

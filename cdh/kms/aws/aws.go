@@ -38,7 +38,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -116,10 +115,10 @@ func New(cfg Config) (*Provider, error) {
 		p.now = time.Now
 	}
 	var err error
-	if p.kmsEP, err = parseEndpoint("KMSEndpoint", cfg.KMSEndpoint); err != nil {
+	if p.kmsEP, err = kms.ParseEndpoint("aws", "KMSEndpoint", cfg.KMSEndpoint); err != nil {
 		return nil, err
 	}
-	if p.smEP, err = parseEndpoint("SecretsManagerEndpoint", cfg.SecretsManagerEndpoint); err != nil {
+	if p.smEP, err = kms.ParseEndpoint("aws", "SecretsManagerEndpoint", cfg.SecretsManagerEndpoint); err != nil {
 		return nil, err
 	}
 	if p.hc == nil {
@@ -146,28 +145,6 @@ func New(cfg Config) (*Provider, error) {
 		}}
 	}
 	return p, nil
-}
-
-func parseEndpoint(field, s string) (*url.URL, error) {
-	if s == "" {
-		return nil, nil
-	}
-	u, err := url.Parse(s)
-	if err != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/") {
-		return nil, fmt.Errorf("aws: %s %q: want https://host[:port]: %w", field, kms.Clip(s), errdefs.ErrInvalidArgument)
-	}
-	switch u.Scheme {
-	case "https":
-	case "http":
-		ip := net.ParseIP(u.Hostname())
-		if u.Hostname() != "localhost" && (ip == nil || !ip.IsLoopback()) {
-			return nil, fmt.Errorf("aws: %s %q: plain http only for loopback: %w", field, kms.Clip(s), errdefs.ErrInvalidArgument)
-		}
-	default:
-		return nil, fmt.Errorf("aws: %s %q: want https://host[:port]: %w", field, kms.Clip(s), errdefs.ErrInvalidArgument)
-	}
-	u.Path = "/"
-	return u, nil
 }
 
 // settings is the reference's AwsProviderSettings.

@@ -3,9 +3,6 @@ package aws
 import (
 	"bytes"
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -20,6 +17,7 @@ import (
 
 	"github.com/cova-project/cova/cdh/kms"
 	"github.com/cova-project/cova/cdh/sealed"
+	"github.com/cova-project/cova/cdh/sealed/sealedtest"
 )
 
 // marker is secret material no error may contain.
@@ -364,37 +362,6 @@ func TestCredentialsFile(t *testing.T) {
 	}
 }
 
-// sealEnvelope builds an unsigned envelope sealed secret whose data key is
-// wrapped by wrap.
-func sealEnvelope(t *testing.T, provider, keyID, wrapType string, plaintext []byte, settings, annotations map[string]any, wrap func(dek []byte) []byte) string {
-	t.Helper()
-	dek := make([]byte, 32)
-	rand.Read(dek)
-	block, _ := aes.NewCipher(dek)
-	var iv, data []byte
-	if wrapType == sealed.WrapA256CTR {
-		iv = make([]byte, 16)
-		rand.Read(iv)
-		data = make([]byte, len(plaintext))
-		cipher.NewCTR(block, iv).XORKeyStream(data, plaintext)
-	} else {
-		iv = make([]byte, 12)
-		rand.Read(iv)
-		g, _ := cipher.NewGCM(block)
-		data = g.Seal(nil, iv, plaintext, nil)
-	}
-	std := base64.StdEncoding.EncodeToString
-	p, err := json.Marshal(map[string]any{
-		"version": "0.1.0", "type": "envelope", "provider": provider, "key_id": keyID,
-		"encrypted_key": std(wrap(dek)), "encrypted_data": std(data), "wrap_type": wrapType, "iv": std(iv),
-		"provider_settings": settings, "annotations": annotations,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return "sealed.fakejwsheader." + base64.RawURLEncoding.EncodeToString(p) + ".fakesignature"
-}
-
 // TestUnsealThroughAWS unseals envelope and vault secrets end to end:
 // sealed.Unsealer → kms.Providers → aws → the signing fake.
 func TestUnsealThroughAWS(t *testing.T) {
@@ -407,7 +374,7 @@ func TestUnsealThroughAWS(t *testing.T) {
 	ctxMap := map[string]string{"app": "x"}
 	for _, wrap := range []string{sealed.WrapA256GCM, sealed.WrapA256CTR} {
 		t.Run(wrap, func(t *testing.T) {
-			s := sealEnvelope(t, "aws", "key-1", wrap, []byte(marker), region, map[string]any{"encryption_context": ctxMap},
+			s := sealedtest.Envelope(t, "aws", "key-1", wrap, []byte(marker), region, map[string]any{"encryption_context": ctxMap},
 				func(dek []byte) []byte { return f.encrypt("key-1", ctxMap, dek) })
 			got, err := u.Unseal(context.Background(), s)
 			if err != nil || string(got) != marker {
@@ -416,14 +383,14 @@ func TestUnsealThroughAWS(t *testing.T) {
 		})
 	}
 	t.Run("provider name case-insensitive", func(t *testing.T) {
-		s := sealEnvelope(t, "AWS", "key-1", sealed.WrapA256GCM, []byte(marker), region, map[string]any{},
+		s := sealedtest.Envelope(t, "AWS", "key-1", sealed.WrapA256GCM, []byte(marker), region, map[string]any{},
 			func(dek []byte) []byte { return f.encrypt("key-1", nil, dek) })
 		if got, err := u.Unseal(context.Background(), s); err != nil || string(got) != marker {
 			t.Fatalf("got %q, %v", got, err)
 		}
 	})
 	t.Run("wrong key", func(t *testing.T) {
-		s := sealEnvelope(t, "aws", "key-1", sealed.WrapA256GCM, []byte(marker), region, map[string]any{},
+		s := sealedtest.Envelope(t, "aws", "key-1", sealed.WrapA256GCM, []byte(marker), region, map[string]any{},
 			func(dek []byte) []byte { return f.encrypt("key-2", nil, dek) })
 		_, err := u.Unseal(context.Background(), s)
 		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "IncorrectKeyException") || !strings.Contains(err.Error(), `"aws"`) {
@@ -440,7 +407,7 @@ func TestUnsealThroughAWS(t *testing.T) {
 		}
 	})
 	t.Run("unknown provider", func(t *testing.T) {
-		s := sealEnvelope(t, "ehsm", "k", sealed.WrapA256GCM, []byte(marker), map[string]any{}, map[string]any{},
+		s := sealedtest.Envelope(t, "ehsm", "k", sealed.WrapA256GCM, []byte(marker), map[string]any{}, map[string]any{},
 			func(dek []byte) []byte { return dek })
 		_, err := u.Unseal(context.Background(), s)
 		if !errdefs.IsNotImplemented(err) || !strings.Contains(err.Error(), `"ehsm"`) {

@@ -3,11 +3,8 @@ package aws
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"io/fs"
-	"os"
+	"path/filepath"
 
 	"github.com/containerd/errdefs"
 
@@ -26,9 +23,6 @@ import (
 // puts it there at start. Cova does not honour AWS_IN_GUEST_KEY_PATH: the
 // agent's environment comes from the host-controlled kernel command line.
 const DefaultCredentialPath = kms.DefaultKMSCredentialDir + "/aws/credential.json"
-
-// maxCredentialFile bounds the credential file.
-const maxCredentialFile = 64 << 10
 
 // Credentials are static IAM credentials; the JSON form is the reference's
 // credential.json: {"access_key_id","secret_access_key","session_token"}
@@ -59,22 +53,11 @@ type FileCredentials string
 // Credentials reads and parses the file.
 func (p FileCredentials) Credentials(context.Context) (Credentials, error) {
 	path := string(p)
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return Credentials{}, fmt.Errorf("aws credential file %s is missing (deliver it with cdh.toml [[credentials]]): %w", path, errdefs.ErrFailedPrecondition)
-	}
+	raw, err := kms.ReadCredentialFile("aws", filepath.Dir(path), filepath.Base(path))
 	if err != nil {
-		return Credentials{}, fmt.Errorf("opening aws credential file %s: %w", path, err)
-	}
-	defer f.Close()
-	raw, err := io.ReadAll(io.LimitReader(f, maxCredentialFile+1))
-	if err != nil {
-		return Credentials{}, fmt.Errorf("reading aws credential file %s: %w", path, err)
+		return Credentials{}, err
 	}
 	defer clear(raw)
-	if len(raw) > maxCredentialFile {
-		return Credentials{}, fmt.Errorf("aws credential file %s: larger than %d bytes: %w", path, maxCredentialFile, errdefs.ErrInvalidArgument)
-	}
 	return ParseCredentials(raw)
 }
 
@@ -103,7 +86,7 @@ func ParseCredentials(raw []byte) (Credentials, error) {
 	if c.SessionToken != nil {
 		out.SessionToken = *c.SessionToken
 	}
-	if !keyIDSafe(out.AccessKeyID) || !tokenSafe(out.SessionToken) {
+	if !keyIDSafe(out.AccessKeyID) || !kms.Token(out.SessionToken) {
 		return Credentials{}, fmt.Errorf("aws credential: access_key_id or session_token has characters not allowed in a header: %w", errdefs.ErrInvalidArgument)
 	}
 	return out, nil
@@ -115,17 +98,6 @@ func keyIDSafe(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9') {
-			return false
-		}
-	}
-	return true
-}
-
-// tokenSafe reports whether a session token is printable ASCII without
-// spaces.
-func tokenSafe(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] <= 0x20 || s[i] >= 0x7f {
 			return false
 		}
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/cova-project/cova/cdh/kms"
 	"github.com/cova-project/cova/cdh/sealed"
+	"github.com/cova-project/cova/cdh/sealed/sealedtest"
 )
 
 // local-kms (github.com/nsmithuk/local-kms) is a real AWS-KMS-compatible
@@ -221,7 +222,7 @@ func TestLocalKMS(t *testing.T) {
 	t.Run("sealed envelope", func(t *testing.T) {
 		u := sealed.New(nil, sealed.WithSkipVerification(true), sealed.WithProviders(kms.Providers{kms.ProviderAWS: p}))
 		for _, wrap := range []string{sealed.WrapA256GCM, sealed.WrapA256CTR} {
-			s := sealEnvelope(t, "aws", arn, wrap, []byte(marker), map[string]any{"region": localKMSRegion},
+			s := sealedtest.Envelope(t, "aws", arn, wrap, []byte(marker), map[string]any{"region": localKMSRegion},
 				map[string]any{"encryption_context": ec}, func(dek []byte) []byte { return encrypt(t, localKMSKey, dek, ec) })
 			got, err := u.Unseal(context.Background(), s)
 			if err != nil || string(got) != marker {

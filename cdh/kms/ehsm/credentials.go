@@ -3,11 +3,7 @@ package ehsm
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"io/fs"
-	"os"
 
 	"github.com/containerd/errdefs"
 
@@ -26,9 +22,6 @@ import (
 // puts it there at start. Cova does not honour EHSM_IN_GUEST_KEY_PATH: the
 // agent's environment comes from the host-controlled kernel command line.
 const DefaultCredentialDir = kms.DefaultKMSCredentialDir + "/ehsm"
-
-// maxCredentialFile bounds a credential file.
-const maxCredentialFile = 64 << 10
 
 // maxAPIKey bounds an API key (eHSM enrolls 32-character keys).
 const maxAPIKey = 1024
@@ -72,39 +65,20 @@ func (d CredentialDir) Credential(_ context.Context, appID string) (Credential, 
 		return Credential{}, fmt.Errorf("ehsm credential: app_id %q: want letters, digits, '-' or '_': %w", kms.Clip(appID), errdefs.ErrInvalidArgument)
 	}
 	dir := string(d)
-	missing := func() (Credential, error) {
-		return Credential{}, fmt.Errorf("ehsm credential file %s is missing (deliver it with cdh.toml [[credentials]]): %w",
-			dir+"/"+credentialFile(appID), errdefs.ErrFailedPrecondition)
-	}
-	r, err := os.OpenRoot(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return missing()
-	}
-	if err != nil {
-		return Credential{}, fmt.Errorf("opening ehsm credential directory %s: %w", dir, err)
-	}
-	defer r.Close()
 	name := credentialFile(appID)
-	f, err := r.Open(name)
-	if errors.Is(err, fs.ErrNotExist) {
+	raw, err := kms.ReadCredentialFile("ehsm", dir, name)
+	if errdefs.IsFailedPrecondition(err) {
+		// The reference's documentation spells it with a dot.
 		name = "credential." + appID + ".json"
-		f, err = r.Open(name)
-		if errors.Is(err, fs.ErrNotExist) {
-			return missing()
+		if raw, err = kms.ReadCredentialFile("ehsm", dir, name); errdefs.IsFailedPrecondition(err) {
+			name = credentialFile(appID)
+			err = fmt.Errorf("ehsm credential file %s is missing (deliver it with cdh.toml [[credentials]]): %w", dir+"/"+name, errdefs.ErrFailedPrecondition)
 		}
 	}
 	if err != nil {
-		return Credential{}, fmt.Errorf("opening ehsm credential file %s in %s: %w", name, dir, err)
-	}
-	defer f.Close()
-	raw, err := io.ReadAll(io.LimitReader(f, maxCredentialFile+1))
-	if err != nil {
-		return Credential{}, fmt.Errorf("reading ehsm credential file %s in %s: %w", name, dir, err)
+		return Credential{}, err
 	}
 	defer clear(raw)
-	if len(raw) > maxCredentialFile {
-		return Credential{}, fmt.Errorf("ehsm credential file %s in %s: larger than %d bytes: %w", name, dir, maxCredentialFile, errdefs.ErrInvalidArgument)
-	}
 	c, err := ParseCredential(raw)
 	if err != nil {
 		return Credential{}, fmt.Errorf("ehsm credential file %s in %s: %w", name, dir, err)

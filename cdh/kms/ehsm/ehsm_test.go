@@ -3,9 +3,6 @@ package ehsm
 import (
 	"bytes"
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -22,6 +19,7 @@ import (
 
 	"github.com/cova-project/cova/cdh/kms"
 	"github.com/cova-project/cova/cdh/sealed"
+	"github.com/cova-project/cova/cdh/sealed/sealedtest"
 )
 
 // marker is secret material no error or log line may contain.
@@ -587,37 +585,6 @@ func TestNoSecretsInLogs(t *testing.T) {
 	}
 }
 
-// sealEnvelope builds an unsigned envelope sealed secret whose data key is
-// wrapped by wrap (which returns the eHSM ciphertext text).
-func sealEnvelope(t *testing.T, provider, keyID, wrapType string, plaintext []byte, settings, annotations map[string]any, wrap func(dek []byte) []byte) string {
-	t.Helper()
-	dek := make([]byte, 32)
-	rand.Read(dek)
-	block, _ := aes.NewCipher(dek)
-	var iv, data []byte
-	if wrapType == sealed.WrapA256CTR {
-		iv = make([]byte, 16)
-		rand.Read(iv)
-		data = make([]byte, len(plaintext))
-		cipher.NewCTR(block, iv).XORKeyStream(data, plaintext)
-	} else {
-		iv = make([]byte, 12)
-		rand.Read(iv)
-		g, _ := cipher.NewGCM(block)
-		data = g.Seal(nil, iv, plaintext, nil)
-	}
-	std := base64.StdEncoding.EncodeToString
-	p, err := json.Marshal(map[string]any{
-		"version": "0.1.0", "type": "envelope", "provider": provider, "key_id": keyID,
-		"encrypted_key": std(wrap(dek)), "encrypted_data": std(data), "wrap_type": wrapType, "iv": std(iv),
-		"provider_settings": settings, "annotations": annotations,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return "sealed.fakejwsheader." + base64.RawURLEncoding.EncodeToString(p) + ".fakesignature"
-}
-
 // TestUnsealThroughEHSM unseals envelope secrets end to end:
 // sealed.Unsealer → kms.Providers → ehsm → the signing fake, with the
 // credential read from a file laid out as [[credentials]] writes it.
@@ -635,7 +602,7 @@ func TestUnsealThroughEHSM(t *testing.T) {
 	}
 	for _, wrap := range []string{sealed.WrapA256GCM, sealed.WrapA256CTR} {
 		t.Run(wrap, func(t *testing.T) {
-			s := sealEnvelope(t, "ehsm", fakeKeyID, wrap, []byte(marker), settings, map[string]any{}, wrapWith(fakeKeyID))
+			s := sealedtest.Envelope(t, "ehsm", fakeKeyID, wrap, []byte(marker), settings, map[string]any{}, wrapWith(fakeKeyID))
 			got, err := u.Unseal(context.Background(), s)
 			if err != nil || string(got) != marker {
 				t.Fatalf("got %q, %v", got, err)
@@ -643,13 +610,13 @@ func TestUnsealThroughEHSM(t *testing.T) {
 		})
 	}
 	t.Run("provider name case-insensitive", func(t *testing.T) {
-		s := sealEnvelope(t, "eHSM", fakeKeyID, sealed.WrapA256GCM, []byte(marker), settings, map[string]any{}, wrapWith(fakeKeyID))
+		s := sealedtest.Envelope(t, "eHSM", fakeKeyID, sealed.WrapA256GCM, []byte(marker), settings, map[string]any{}, wrapWith(fakeKeyID))
 		if got, err := u.Unseal(context.Background(), s); err != nil || string(got) != marker {
 			t.Fatalf("got %q, %v", got, err)
 		}
 	})
 	t.Run("wrong key", func(t *testing.T) {
-		s := sealEnvelope(t, "ehsm", fakeKeyID, sealed.WrapA256GCM, []byte(marker), settings, map[string]any{}, wrapWith(otherKeyID))
+		s := sealedtest.Envelope(t, "ehsm", fakeKeyID, sealed.WrapA256GCM, []byte(marker), settings, map[string]any{}, wrapWith(otherKeyID))
 		_, err := u.Unseal(context.Background(), s)
 		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "Decryption failed") || !strings.Contains(err.Error(), `"ehsm"`) {
 			t.Fatalf("err = %v", err)
@@ -657,7 +624,7 @@ func TestUnsealThroughEHSM(t *testing.T) {
 		checkClean(t, err.Error())
 	})
 	t.Run("missing endpoint", func(t *testing.T) {
-		s := sealEnvelope(t, "ehsm", fakeKeyID, sealed.WrapA256GCM, []byte(marker), map[string]any{"app_id": fakeAppID}, map[string]any{}, wrapWith(fakeKeyID))
+		s := sealedtest.Envelope(t, "ehsm", fakeKeyID, sealed.WrapA256GCM, []byte(marker), map[string]any{"app_id": fakeAppID}, map[string]any{}, wrapWith(fakeKeyID))
 		_, err := u.Unseal(context.Background(), s)
 		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "provider_settings.endpoint") {
 			t.Fatalf("err = %v", err)
