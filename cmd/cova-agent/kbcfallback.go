@@ -50,7 +50,7 @@ func kbcFallback(log *slog.Logger, cmdline string, getenv func(string) string, h
 	}
 	if gc.KBC != config.KBCCC {
 		if len(gc.Credentials) > 0 {
-			log.Warn(config.KeyCDHKBSResources+" ignored: no KBS (agent.aa_kbc_params names none)")
+			log.Warn(config.KeyCDHKBSResources + " ignored: no KBS (agent.aa_kbc_params names none)")
 		}
 		return
 	}
