@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -475,5 +476,59 @@ func TestNewRejects(t *testing.T) {
 				t.Fatalf("New = %v", err)
 			}
 		})
+	}
+}
+
+// TestPluginResource fetches from a KBS plugin other than "resource"
+// (kbs+<plugin>:// → GET /kbs/v0/<plugin>/<path>?<query>): the same token,
+// policy input naming the plugin, and a JWE answer decrypted with the TEE
+// key; an unknown plugin is the KBS's 404, not retried.
+func TestPluginResource(t *testing.T) {
+	var seen []string
+	s := startKBS(t, devkbs.Options{
+		Plugins: map[string]devkbs.PluginFunc{"echo": func(_ context.Context, in devkbs.PolicyInput) ([]byte, error) {
+			return []byte(strings.Join(in.Path, "/") + "?" + in.Query.Encode()), nil
+		}},
+		Policy: func(_ context.Context, in devkbs.PolicyInput) error {
+			seen = append(seen, in.Plugin)
+			return nil
+		},
+	})
+	c := newClient(t, s, nil)
+	got, err := c.Resource(context.Background(), "kbs+echo:///vault/db/password?version=2")
+	if err != nil || string(got) != "vault/db/password?version=2" {
+		t.Fatalf("plugin resource %q, %v", got, err)
+	}
+	getSecret(t, c) // the same token serves the resource plugin
+	if !slices.Equal(seen, []string{"echo", "resource"}) {
+		t.Fatalf("policy saw plugins %v", seen)
+	}
+	wantStats(t, s, devkbs.Stats{Auth: 1, Attest: 1, Resource: 1, Attested: 1})
+	_, err = c.Resource(context.Background(), "kbs+nosuch:///a/b")
+	var ke *Error
+	if !errors.As(err, &ke) || ke.Status != 404 || ke.Attempts > 1 || !strings.Contains(err.Error(), "nosuch") {
+		t.Fatalf("unknown plugin: %v", err)
+	}
+}
+
+// TestBackoffDelay: the n-th retry waits in [d/2, d] where d doubles from
+// Initial up to Max (equal jitter), and the draws spread over the range.
+func TestBackoffDelay(t *testing.T) {
+	b := Backoff{Initial: 100 * time.Millisecond, Max: time.Second}
+	for attempt, d := range map[int]time.Duration{1: 100 * time.Millisecond, 2: 200 * time.Millisecond, 3: 400 * time.Millisecond, 4: 800 * time.Millisecond, 5: time.Second, 40: time.Second} {
+		lo, hi := d, time.Duration(0)
+		for range 2000 {
+			got := b.delay(attempt)
+			if got < d/2 || got > d {
+				t.Fatalf("attempt %d: %v outside [%v, %v]", attempt, got, d/2, d)
+			}
+			lo, hi = min(lo, got), max(hi, got)
+		}
+		if hi-lo < d/4 {
+			t.Errorf("attempt %d: draws span only %v..%v: no jitter", attempt, lo, hi)
+		}
+	}
+	if got := (Backoff{}).delay(3); got != 0 {
+		t.Errorf("zero backoff waits %v", got)
 	}
 }

@@ -92,6 +92,11 @@ type PolicyInput struct {
 // resource request.
 type PolicyFunc func(ctx context.Context, in PolicyInput) error
 
+// PluginFunc answers GET /kbs/v0/<plugin>/<path> for an attested client,
+// after the policy allowed it; the answer is JWE-encrypted to the token's
+// TEE key like a resource, and an error is a 401 PluginInternalError.
+type PluginFunc func(ctx context.Context, in PolicyInput) ([]byte, error)
+
 // Options configures a Server.
 type Options struct {
 	// Addr is the listen address; "127.0.0.1:0" when empty.
@@ -123,6 +128,9 @@ type Options struct {
 	ClockSkew time.Duration
 	// Logger receives one line per refused request; discarded when nil.
 	Logger *slog.Logger
+	// Plugins are further KBS plugins (trustee's plugin endpoints) by
+	// name; "resource", "auth" and "attest" cannot be replaced.
+	Plugins map[string]PluginFunc
 	// PlainHTTP serves http:// instead of https:// (for clients configured
 	// without a CA, such as a guest whose KBS comes from agent.aa_kbc_params).
 	PlainHTTP bool
@@ -484,6 +492,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case ep == Auth || ep == Attest || ep == Resource:
 		s.fail(w, http.StatusNotFound, "InvalidRequestPath", "method or path not served")
 		return
+	case s.opts.Plugins[first] != nil && r.Method == http.MethodGet:
 	default:
 		s.fail(w, http.StatusNotFound, "PluginNotFound", fmt.Sprintf("plugin %q not found", first))
 		return
@@ -540,6 +549,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.attest(w, r)
 	case Resource:
 		s.resource(w, r, sub)
+	default:
+		s.plugin(w, r, first, sub)
 	}
 }
 
@@ -806,6 +817,19 @@ func (s *Server) resource(w http.ResponseWriter, r *http.Request, sub string) {
 		s.fail(w, http.StatusNotFound, "InvalidRequestPath", "resource path must be repo/type/tag")
 		return
 	}
+	s.release(w, r, "resource", segs, func(context.Context, PolicyInput) ([]byte, error) {
+		return s.lookupResource(path.Join(segs...))
+	})
+}
+
+// plugin serves one of Options.Plugins.
+func (s *Server) plugin(w http.ResponseWriter, r *http.Request, name, sub string) {
+	s.release(w, r, name, strings.Split(sub, "/"), s.opts.Plugins[name])
+}
+
+// release checks the path, the token and the policy, then answers with
+// what get returns, JWE-encrypted to the token's TEE key.
+func (s *Server) release(w http.ResponseWriter, r *http.Request, plugin string, segs []string, get PluginFunc) {
 	for _, seg := range segs {
 		if !segmentRE.MatchString(seg) {
 			s.fail(w, http.StatusNotFound, "InvalidRequestPath", "invalid resource path segment")
@@ -843,8 +867,9 @@ func (s *Server) resource(w http.ResponseWriter, r *http.Request, sub string) {
 			return
 		}
 	}
+	in := PolicyInput{Plugin: plugin, Path: segs, Query: r.URL.Query(), Claims: claims}
 	if s.opts.Policy != nil {
-		if err := s.opts.Policy(r.Context(), PolicyInput{Plugin: "resource", Path: segs, Query: r.URL.Query(), Claims: claims}); err != nil {
+		if err := s.opts.Policy(r.Context(), in); err != nil {
 			s.fail(w, http.StatusUnauthorized, "PolicyDeny", err.Error())
 			return
 		}
@@ -854,7 +879,7 @@ func (s *Server) resource(w http.ResponseWriter, r *http.Request, sub string) {
 		s.fail(w, http.StatusUnauthorized, "TokenVerifierError", err.Error())
 		return
 	}
-	data, err := s.lookupResource(path.Join(segs...))
+	data, err := get(r.Context(), in)
 	if err != nil {
 		// trustee reports a missing resource as a plugin error: 401.
 		s.fail(w, http.StatusUnauthorized, "PluginInternalError", err.Error())
