@@ -13,6 +13,7 @@ import (
 
 	pb "github.com/cova-project/cova/protocols/grpc"
 	"github.com/cova-project/cova/rootfs"
+	"github.com/cova-project/cova/test/kbs"
 	"github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -203,7 +204,8 @@ func clientRootfs(ctx context.Context, t *testing.T, e *env) string {
 //     plain LUKS2 (argon2id), each with ext4 and a marker.
 //  2. The agent boots with the two disks; the client asks for: the plain
 //     volume with dataIntegrity=true (refused: FailedPrecondition), a wrong
-//     key (PermissionDenied), then both volumes. A second container binds
+//     key (PermissionDenied), then both volumes (the integrity volume's key
+//     from the dev KBS after attestation, the plain one's from a file). A second container binds
 //     the mount points, reads the markers and writes a file to each.
 //  3. cryptsetup opens both again and reads the agent's files: the
 //     dm-integrity journal and tags the agent wrote are what cryptsetup
@@ -240,15 +242,25 @@ func TestLUKS2SecureMount(t *testing.T) {
 	}
 	t.Logf("cryptsetup formatted both volumes in %v", time.Since(start).Round(time.Millisecond))
 
-	// 2. The agent, with the CDH socket where a container may bind it.
+	// 2. The agent, with the CDH socket where a container may bind it and
+	// a KBS that holds the integrity volume's passphrase.
+	k := kbs.StartTB(t, kbs.Options{PlainHTTP: true, Resources: map[string][]byte{"default/disk/luks-key": []byte(luksPass)}})
+	kbsURL := "http://10.0.2.2:" + k.URL()[strings.LastIndexByte(k.URL(), ':')+1:]
 	rootImg := clientRootfs(ctx, t, d.env)
 	const cdhDir = "/run/kata-containers/cdh"
 	doc := `version = "0.1.0"
 algorithm = "sha256"
 
 [data]
+"aa.toml" = '''
+[token_configs.kbs]
+url = "` + kbsURL + `"
+'''
 "cdh.toml" = '''
 socket = "unix://` + cdhDir + `/cdh.sock"
+[kbc]
+name = "cc_kbc"
+url = "` + kbsURL + `"
 '''
 `
 	rootDisk := Disk{Path: rootImg, ReadOnly: true, Slot: 3}
@@ -258,9 +270,11 @@ socket = "unix://` + cdhDir + `/cdh.sock"
 		Dir:    vmDir(t),
 		Disks: []Disk{rootDisk, {Path: initdataDisk(t, []byte(doc), false), ReadOnly: true, Slot: 4},
 			{Path: intImg, Slot: 5}, {Path: plainImg, Slot: 6}},
+		Net: true,
 	})
 	a, tm := connect(ctx, t, v)
 	t.Logf("boot: %v", tm)
+	guestNetwork(ctx, t, a)
 	const sid = "sandbox-luks2"
 	if _, err := a.CreateSandbox(ctx, &pb.CreateSandboxRequest{SandboxId: sid, Hostname: "cova"}); err != nil {
 		t.Fatalf("CreateSandbox: %v", err)
@@ -287,7 +301,7 @@ sm() { cova-ctl secure-mount --cdh unix:///cdh/cdh.sock --option sourceType=encr
 K=file://` + sharedKataDir + `/luks-keys
 sm --option deviceId=$B --option key=$K/good --option dataIntegrity=true ` + plainMP + `-x 2>&1; echo "plain-as-integrity=$?"
 sm --option deviceId=$B --option key=$K/wrong ` + plainMP + `-y 2>&1; echo "wrong-key=$?"
-sm --option deviceId=$A --option key=$K/good --option dataIntegrity=true --option mapperName=luks-int ` + intMP + `; echo "integrity=$?"
+sm --option deviceId=$A --option key=kbs:///default/disk/luks-key --option dataIntegrity=true --option mapperName=luks-int ` + intMP + `; echo "integrity=$?"
 sm --option deviceId=$B --option key=$K/good --option mapperName=luks-plain ` + plainMP + `; echo "plain=$?"`
 	root := filepath.Join("/run/kata-containers", sid, "rootfs")
 	storages := []*pb.Storage{{Driver: "blk", Source: rootDisk.PCIPath(), Fstype: "ext4", Options: []string{"ro"}, MountPoint: root}}
@@ -303,6 +317,9 @@ sm --option deviceId=$B --option key=$K/good --option mapperName=luks-plain ` + 
 	}
 	if status != 0 {
 		t.Errorf("client exited %d", status)
+	}
+	if st := k.Stats(); st.Attested == 0 || st.Resource == 0 {
+		t.Errorf("the KBS released no key: %+v", st)
 	}
 
 	reader := `echo "int: $(cat /a/marker)"; echo "plain: $(cat /b/marker)"
