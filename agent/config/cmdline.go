@@ -271,10 +271,6 @@ var cmdlineKeys = map[string]cmdHandler{
 		return nil
 	}},
 
-	// Read by guest-components, not by the agent's configuration: see
-	// ParseGuestComponents. Accepted here so it is not "unknown".
-	"aa_kbc_params": {set: func(*cmdParser, string, string) error { return nil }},
-
 	"config_file": {set: func(p *cmdParser, key, v string) error {
 		if p.cfg.ConfigFile != "" {
 			// kata-agent acts on the first one.
@@ -411,6 +407,11 @@ func ParseCmdline(cmdline string) (Config, []Warning, error) {
 		if len(key) < len(agentPrefix) || key[:len(agentPrefix)] != agentPrefix {
 			continue
 		}
+		if key == KeyAAKBCParams {
+			// Read by guest-components, not by the agent's configuration
+			// (ParseGuestComponents), with any value or none.
+			continue
+		}
 		h, ok := cmdlineKeys[key[len(agentPrefix):]]
 		if !ok {
 			msg := "unknown key, ignored"
@@ -434,7 +435,7 @@ func ParseCmdline(cmdline string) (Config, []Warning, error) {
 		if err := h.set(p, key, val); err != nil {
 			return Config{}, nil, fmt.Errorf("%s: invalid value %s: %w", key, shown(), err)
 		}
-		if key != agentPrefix+"config_file" && key != KeyAAKBCParams {
+		if key != agentPrefix+"config_file" {
 			ignorable = append(ignorable, key)
 		}
 	}

@@ -94,6 +94,10 @@ func ParseGuestComponents(cmdline string) (GuestComponents, error) {
 	for _, prm := range splitCmdline(cmdline) {
 		switch prm.key {
 		case KeyAAKBCParams:
+			if prm.val == "" { // what a runtime without a KBS may pass
+				gc.KBC, gc.KBSURL = "", ""
+				continue
+			}
 			kbc, u, err := ParseAAKBCParams(prm.val)
 			if err != nil {
 				return GuestComponents{}, fmt.Errorf("%s: %w", KeyAAKBCParams, err)

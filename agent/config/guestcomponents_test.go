@@ -24,6 +24,8 @@ func TestParseGuestComponents(t *testing.T) {
 		{"last wins", "agent.aa_kbc_params=cc_kbc::http://a agent.aa_kbc_params=cc_kbc::http://b", GuestComponents{KBC: KBCCC, KBSURL: "http://b"}, nil, ""},
 		{"credentials", "cdh.kbs_resources=kbs:///default/aws/cred::/run/confidential-containers/cdh/kbs/kms-credential/aws/credential.json,kbs:///a/b/c::/run/x",
 			GuestComponents{Credentials: []KBSResource{{"kbs:///default/aws/cred", "/run/confidential-containers/cdh/kbs/kms-credential/aws/credential.json"}, {"kbs:///a/b/c", "/run/x"}}}, nil, ""},
+		{"empty", "agent.aa_kbc_params= agent.aa_kbc_params", GuestComponents{}, nil, ""},
+		{"empty after a value", "agent.aa_kbc_params=cc_kbc::http://a agent.aa_kbc_params=", GuestComponents{}, nil, ""},
 		{"no separator", "agent.aa_kbc_params=cc_kbc", GuestComponents{}, errdefs.ErrInvalidArgument, "want <kbc>::<url>"},
 		{"other kbc", "agent.aa_kbc_params=sample_kbc::http://x", GuestComponents{}, errdefs.ErrNotImplemented, `kbc "sample_kbc"`},
 		{"ftp", "agent.aa_kbc_params=cc_kbc::ftp://kbs", GuestComponents{}, errdefs.ErrInvalidArgument, "want http(s)"},
@@ -62,7 +64,7 @@ func TestParseGuestComponents(t *testing.T) {
 // components, so the agent's own parser neither warns about it nor says a
 // config file drops it.
 func TestAAKBCParamsIsKnown(t *testing.T) {
-	for _, cmdline := range []string{"agent.aa_kbc_params=cc_kbc::http://kbs", "agent.aa_kbc_params=cc_kbc::http://kbs agent.config_file=/etc/agent.toml"} {
+	for _, cmdline := range []string{"agent.aa_kbc_params=cc_kbc::http://kbs", "agent.aa_kbc_params=", "agent.aa_kbc_params", "agent.aa_kbc_params=cc_kbc::http://kbs agent.config_file=/etc/agent.toml"} {
 		_, warns, err := ParseCmdline(cmdline)
 		if err != nil {
 			t.Fatal(err)
