@@ -58,6 +58,15 @@ type Backoff struct {
 	Initial, Max time.Duration
 }
 
+// withCause adds cause (a context error) to err on the same line, unless
+// err already wraps it: errors.Join would repeat it on a second line.
+func withCause(err, cause error) error {
+	if errors.Is(err, cause) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", err, cause)
+}
+
 func (b Backoff) delay(attempt int) time.Duration {
 	d := b.Initial
 	for i := 1; i < attempt && d < b.Max; i++ {
@@ -360,7 +369,7 @@ func (c *Client) rcarWithRetry(ctx context.Context) (*Token, error) {
 			return t, nil
 		}
 		if ctx.Err() != nil {
-			return nil, errors.Join(err, ctx.Err())
+			return nil, withCause(err, ctx.Err())
 		}
 		retry := retryable(err)
 		var ke *Error
@@ -379,7 +388,7 @@ func (c *Client) rcarWithRetry(ctx context.Context) (*Token, error) {
 		d := c.cfg.Backoff.delay(attempt)
 		c.log.Warn("KBS attestation failed, retrying", "kbs", c.base, "attempt", attempt, "of", c.cfg.RCARAttempts, "in", d, "error", err)
 		if serr := sleep(ctx, d); serr != nil {
-			return nil, errors.Join(err, serr)
+			return nil, withCause(err, serr)
 		}
 	}
 }
@@ -573,7 +582,7 @@ func (c *Client) GetResource(ctx context.Context, u ResourceURI) ([]byte, error)
 		}
 		c.log.Warn("KBS resource request failed, retrying", "kbs", c.resBase, "resource", u.String(), "attempt", attempt, "of", c.cfg.ResourceAttempts, "reattest", stale == tok, "error", err)
 		if serr := sleep(ctx, delay); serr != nil {
-			return nil, errors.Join(err, serr)
+			return nil, withCause(err, serr)
 		}
 	}
 }

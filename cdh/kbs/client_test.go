@@ -532,3 +532,19 @@ func TestBackoffDelay(t *testing.T) {
 		t.Errorf("zero backoff waits %v", got)
 	}
 }
+
+// TestCancelledOnce: a request cancelled while the KBS is slow says so
+// once, on one line, and still wraps context.Canceled.
+func TestCancelledOnce(t *testing.T) {
+	s := startKBS(t, devkbs.Options{Delay: 2 * time.Second})
+	c := newClient(t, s, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	_, err := c.Resource(ctx, "kbs:///"+secretPath)
+	if !errors.Is(err, context.Canceled) || strings.Count(err.Error(), "context canceled") != 1 || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("cancelled fetch: %q", err)
+	}
+	if e := withCause(errors.New("x"), context.DeadlineExceeded); !errors.Is(e, context.DeadlineExceeded) || e.Error() != "x: context deadline exceeded" {
+		t.Fatalf("withCause: %q", e)
+	}
+}
