@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"regexp"
 	"strings"
 	"syscall"
 
@@ -44,6 +45,8 @@ func run(args []string) error {
 	verbose := fs.Bool("v", false, "log refused requests")
 	withSNP := fs.Bool("snp", false, "also verify SEV-SNP evidence against AMD's roots (embedded in go-sev-guest; the evidence must carry its VCEK chain, nothing is fetched)")
 	withTDX := fs.Bool("tdx", false, "also verify TDX quotes against Intel's SGX root (embedded in go-tdx-guest; no collateral is fetched)")
+	plain := fs.Bool("plain-http", false, "serve http:// (no TLS), e.g. for a guest given agent.aa_kbc_params=cc_kbc::http://10.0.2.2:PORT")
+	deny := fs.String("deny", "", "resource policy: refuse (401 PolicyDeny) paths <plugin>/<path> matching this regular expression, e.g. '^resource/default/secret/'")
 	var extra names
 	fs.Var(&extra, "name", "extra certificate name or address (repeatable), e.g. 10.0.2.2 for a QEMU guest")
 	if err := fs.Parse(args); err != nil {
@@ -52,6 +55,19 @@ func run(args []string) error {
 	if *dir != "" {
 		if st, err := os.Stat(*dir); err != nil || !st.IsDir() {
 			return fmt.Errorf("-resources %q is not a directory", *dir)
+		}
+	}
+	var policy kbs.PolicyFunc
+	if *deny != "" {
+		re, err := regexp.Compile(*deny)
+		if err != nil {
+			return fmt.Errorf("-deny: %w", err)
+		}
+		policy = func(_ context.Context, in kbs.PolicyInput) error {
+			if p := in.Plugin + "/" + strings.Join(in.Path, "/"); re.MatchString(p) {
+				return fmt.Errorf("%s is denied by -deny", p)
+			}
+			return nil
 		}
 	}
 	log := slog.New(slog.DiscardHandler)
@@ -67,7 +83,7 @@ func run(args []string) error {
 	if *withTDX {
 		vs[attester.TeeTDX] = kbs.TDXVerifier(kbs.TDXOptions{})
 	}
-	s, err := kbs.Start(ctx, kbs.Options{Addr: *addr, CertNames: extra, ResourceDir: *dir, TokenLifetime: *lifetime, Verifiers: vs, Logger: log})
+	s, err := kbs.Start(ctx, kbs.Options{Addr: *addr, CertNames: extra, ResourceDir: *dir, TokenLifetime: *lifetime, Verifiers: vs, Logger: log, PlainHTTP: *plain, Policy: policy})
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,30 +32,7 @@ func TestDevKBSBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	ca := filepath.Join(dir, "ca.pem")
-	cmd := exec.Command(bin, "-addr", "127.0.0.1:0", "-resources", filepath.Join(dir, "res"), "-ca-out", ca, "-name", "10.0.2.2", "-snp", "-tdx")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	var url string
-	select {
-	case l := <-lines:
-		_, url, _ = strings.Cut(l, "listening on ")
-	case <-time.After(20 * time.Second):
-		t.Fatal("no listening line")
-	}
+	url := startBinary(t, bin, "-addr", "127.0.0.1:0", "-resources", filepath.Join(dir, "res"), "-ca-out", ca, "-name", "10.0.2.2", "-snp", "-tdx")
 	if !strings.HasPrefix(url, "https://127.0.0.1:") {
 		t.Fatalf("listening line gave %q", url)
 	}
@@ -75,4 +53,59 @@ func TestDevKBSBinary(t *testing.T) {
 	if _, err := c.Resource(ctx, "kbs:///default/key/missing"); err == nil {
 		t.Fatal("a missing resource was served")
 	}
+
+	// -plain-http and a -deny policy.
+	secret := filepath.Join(dir, "res", "default", "secret", "db")
+	if err := os.MkdirAll(filepath.Dir(secret), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(secret, []byte("denied"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	url = startBinary(t, bin, "-addr", "127.0.0.1:0", "-resources", filepath.Join(dir, "res"), "-plain-http", "-deny", "^resource/default/secret/")
+	if !strings.HasPrefix(url, "http://127.0.0.1:") {
+		t.Fatalf("-plain-http listening line gave %q", url)
+	}
+	c, err = kbs.New(kbs.Config{URL: url, Primary: sample.New()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.Resource(ctx, "kbs:///default/key/demo"); err != nil || string(got) != "the released secret" {
+		t.Fatalf("plain http resource = %q, %v", got, err)
+	}
+	_, err = c.Resource(ctx, "kbs:///default/secret/db")
+	var ke *kbs.Error
+	if !errors.As(err, &ke) || ke.Status != 401 || ke.Type != "PolicyDeny" {
+		t.Fatalf("denied resource: %v", err)
+	}
+}
+
+// startBinary runs the built command and returns the URL it listens on.
+func startBinary(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		if sc.Scan() {
+			line <- sc.Text()
+		}
+		close(line)
+	}()
+	select {
+	case l := <-line:
+		_, url, _ := strings.Cut(l, "listening on ")
+		return url
+	case <-time.After(20 * time.Second):
+		t.Fatal("no listening line")
+	}
+	return ""
 }
