@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 
@@ -88,4 +89,21 @@ func Token(s string) bool {
 		}
 	}
 	return true
+}
+
+// ReadResponse reads a KMS answer of at most limit bytes. A failed read is
+// worth a retry (errdefs.ErrUnavailable); a longer body is not
+// (errdefs.ErrUnknown). Errors name the HTTP status, never the body; a
+// partial body is cleared.
+func ReadResponse(resp *http.Response, limit int) (raw []byte, retry bool, err error) {
+	raw, err = io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
+	if err != nil {
+		clear(raw)
+		return nil, true, fmt.Errorf("HTTP %d: reading response: %w", resp.StatusCode, errdefs.ErrUnavailable)
+	}
+	if len(raw) > limit {
+		clear(raw)
+		return nil, false, fmt.Errorf("HTTP %d: response larger than %d bytes: %w", resp.StatusCode, limit, errdefs.ErrUnknown)
+	}
+	return raw, false, nil
 }

@@ -2,6 +2,9 @@ package kms
 
 import (
 	"bytes"
+	"errors"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -66,5 +69,33 @@ func TestParseEndpoint(t *testing.T) {
 	}
 	if !Token("AKIA-x_y.z/+=") || Token("a b") || Token("a\x7f") || Token("é") {
 		t.Error("Token")
+	}
+}
+
+type failingBody struct{ n int }
+
+func (f *failingBody) Read(p []byte) (int, error) {
+	if f.n == 0 {
+		return 0, errors.New("connection reset")
+	}
+	k := copy(p, bytes.Repeat([]byte("x"), min(len(p), f.n)))
+	f.n -= k
+	return k, nil
+}
+
+func (f *failingBody) Close() error { return nil }
+
+func TestReadResponse(t *testing.T) {
+	resp := func(body io.ReadCloser) *http.Response { return &http.Response{StatusCode: 502, Body: body} }
+	if raw, retry, err := ReadResponse(resp(io.NopCloser(strings.NewReader("12345678"))), 8); err != nil || retry || string(raw) != "12345678" {
+		t.Fatalf("at the limit: %q %v %v", raw, retry, err)
+	}
+	raw, retry, err := ReadResponse(resp(io.NopCloser(strings.NewReader("123456789"))), 8)
+	if raw != nil || retry || !errdefs.IsUnknown(err) || !strings.Contains(err.Error(), "HTTP 502: response larger than 8 bytes") {
+		t.Fatalf("over the limit: %q %v %v", raw, retry, err)
+	}
+	raw, retry, err = ReadResponse(resp(&failingBody{n: 3}), 8)
+	if raw != nil || !retry || !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "HTTP 502: reading response") {
+		t.Fatalf("failed read: %q %v %v", raw, retry, err)
 	}
 }

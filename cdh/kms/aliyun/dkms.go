@@ -12,7 +12,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"sort"
@@ -192,14 +191,9 @@ func (c *InstanceClient) once(ctx context.Context, hc *http.Client, key *ClientK
 		return nil, !errors.As(err, &certErr), fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
+	raw, retry, err := kms.ReadResponse(resp, maxResponse)
 	if err != nil {
-		clear(raw)
-		return nil, true, fmt.Errorf("HTTP %d: reading response: %w", resp.StatusCode, errdefs.ErrUnavailable)
-	}
-	if len(raw) > maxResponse {
-		clear(raw)
-		return nil, false, fmt.Errorf("HTTP %d: response larger than %d bytes: %w", resp.StatusCode, maxResponse, errdefs.ErrUnknown)
+		return nil, retry, err
 	}
 	if resp.StatusCode/100 == 2 {
 		return raw, false, nil

@@ -198,14 +198,9 @@ func (c *OpenAPIClient) once(ctx context.Context, ep *url.URL, region string, cr
 		return nil, !errors.As(err, &certErr), fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
+	raw, retry, err := kms.ReadResponse(resp, maxResponse)
 	if err != nil {
-		clear(raw)
-		return nil, true, fmt.Errorf("HTTP %d: reading response: %w", resp.StatusCode, errdefs.ErrUnavailable)
-	}
-	if len(raw) > maxResponse {
-		clear(raw)
-		return nil, false, fmt.Errorf("HTTP %d: response larger than %d bytes: %w", resp.StatusCode, maxResponse, errdefs.ErrUnknown)
+		return nil, retry, err
 	}
 	if resp.StatusCode/100 == 2 {
 		return raw, false, nil

@@ -35,7 +35,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -353,13 +352,9 @@ func (c *Client) once(ctx context.Context, ep *url.URL, service, target string, 
 		return nil, true, fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
+	raw, retry, err := kms.ReadResponse(resp, maxResponse)
 	if err != nil {
-		return nil, true, fmt.Errorf("HTTP %d: reading response: %w", resp.StatusCode, errdefs.ErrUnavailable)
-	}
-	if len(raw) > maxResponse {
-		clear(raw)
-		return nil, false, fmt.Errorf("HTTP %d: response larger than %d bytes: %w", resp.StatusCode, maxResponse, errdefs.ErrUnknown)
+		return nil, retry, err
 	}
 	if resp.StatusCode == http.StatusOK {
 		return raw, false, nil

@@ -73,7 +73,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
@@ -471,14 +470,11 @@ func (c *Client) once(ctx context.Context, action, apiKey string, payload any, s
 		return nil, !errors.As(err, &cve), fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
+	raw, retry, err := kms.ReadResponse(resp, maxResponse)
 	if err != nil {
-		return nil, true, fmt.Errorf("HTTP %d: reading response: %w", resp.StatusCode, errdefs.ErrUnavailable)
+		return nil, retry, err
 	}
 	defer clear(raw)
-	if len(raw) > maxResponse {
-		return nil, false, fmt.Errorf("HTTP %d: response larger than %d bytes: %w", resp.StatusCode, maxResponse, errdefs.ErrUnknown)
-	}
 	if resp.StatusCode != http.StatusOK {
 		// eHSM itself answers HTTP 200 with its code in the body; this is
 		// a proxy's or the web framework's error.
